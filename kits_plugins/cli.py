@@ -1,0 +1,73 @@
+"""The ``kits`` command: one subcommand per pipeline stage.
+
+Each subcommand lives in its stage's ``commands`` module, which exposes
+``add_<name>_arguments(parser)`` and ``run_<name>(args) -> int``; modules are imported only when their
+subcommand runs, so ``kits --help`` stays fast and does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kits_plugins import __version__
+from kits_plugins.utilities.image_io import KitsInputError
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("kits_plugins.synthetic.commands", "make synthetic CT-like KiTS23 cases (procedural or from label maps)"),
+    "convert": ("kits_plugins.dataset_conversion.commands", "convert the KiTS23 layout into nnU-Net raw Dataset220"),
+    "derive-stages": ("kits_plugins.dataset_conversion.commands", "derive the stage datasets 221/222/223"),
+    "plan": ("kits_plugins.planning.commands", "fingerprint, plan (target spacing) and preprocess the stages"),
+    "trainer-path": ("kits_plugins.training.commands", "print the folder to export as nnUNet_extTrainer"),
+    "predict": ("kits_plugins.inference.commands", "run the cascade: raw CT -> KiTS label map"),
+    "crop-rois": ("kits_plugins.inference.commands", "crop kidney ROIs from CT using a kidney mask (stage-by-stage use)"),
+    "paste-rois": ("kits_plugins.inference.commands", "paste per-ROI predictions back into full-size label maps"),
+    "postprocess": ("kits_plugins.postprocessing.commands", "remove small components and lesions outside the kidneys"),
+    "evaluate": ("kits_plugins.evaluation.commands", "KiTS23 HEC Dice and Surface Dice, as the challenge computes them"),
+    "demo": ("kits_plugins.demo.commands", "end-to-end demo on synthetic data (CPU, minutes)"),
+}
+
+
+def _funcs(name: str):
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    attr = name.replace("-", "_")
+    return getattr(module, f"add_{attr}_arguments"), getattr(module, f"run_{attr}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kits", description="Coarse-to-fine nnU-Net v2 cascade for KiTS23 (kidney, tumor, cyst)."
+    )
+    parser.add_argument("--version", action="version", version=f"kits-cascade {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments, _ = _funcs(name)
+        add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _, run = _funcs(args.command)
+    try:
+        return int(run(args) or 0)
+    except KitsInputError as e:
+        print(f"kits {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except NotImplementedError as e:
+        print(f"kits {args.command}: not built yet: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"kits {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

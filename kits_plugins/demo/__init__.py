@@ -1,0 +1,1 @@
+"""End-to-end demo of the whole pipeline on synthetic data."""

@@ -1,0 +1,1 @@
+"""The cascade predictor built on nnU-Net's nnUNetPredictor."""

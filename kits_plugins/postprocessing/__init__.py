@@ -1,0 +1,1 @@
+"""Connected-component postprocessing of KiTS label maps."""

@@ -1,0 +1,1 @@
+"""nnUNetTrainer subclasses of the cascade (importable by nnU-Net's spawned workers)."""

@@ -1,0 +1,149 @@
+"""Kidney regions of interest: boxes, crops and lossless paste-back (pure array functions).
+
+Boxes are half-open ``[[start, stop], ...]`` in numpy axis order, as everywhere in acvl_utils and
+nnU-Net. Both ``kits derive-stages`` and the cascade predictor use these functions, so training crops
+and inference crops are made the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cc3d
+import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice, get_bbox_from_mask, pad_bbox
+
+Box = list[list[int]]
+
+
+def mm_to_voxels(length_mm: float | Sequence[float], spacing: Sequence[float]) -> list[int]:
+    """Smallest whole number of voxels per axis covering ``length_mm`` (per axis or one value)."""
+    if np.isscalar(length_mm):
+        length_mm = [float(length_mm)] * len(spacing)
+    return [int(math.ceil(float(m) / float(s) - 1e-9)) if m > 0 else 0 for m, s in zip(length_mm, spacing)]
+
+
+def box_shape(box: Box) -> tuple[int, ...]:
+    return tuple(int(b - a) for a, b in box)
+
+
+def box_volume(box: Box) -> int:
+    return int(np.prod(box_shape(box)))
+
+
+def boxes_overlap(a: Box, b: Box) -> bool:
+    """True if the half-open boxes share at least one voxel."""
+    return all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(a, b))
+
+
+def union_box(a: Box, b: Box) -> Box:
+    return [[min(a0, b0), max(a1, b1)] for (a0, a1), (b0, b1) in zip(a, b)]
+
+
+def merge_overlapping(boxes: Sequence[Box]) -> list[Box]:
+    """Merge boxes until none overlap (a merged box may swallow a third one, so repeat)."""
+    boxes = [[list(map(int, ax)) for ax in b] for b in boxes]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if boxes_overlap(boxes[i], boxes[j]):
+                    boxes[i] = union_box(boxes[i], boxes[j])
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(boxes)
+
+
+def pad_box_mm(box: Box, margin_mm: float | Sequence[float], spacing: Sequence[float], shape: Sequence[int]) -> Box:
+    """Grow ``box`` by ``margin_mm`` on every side (per axis or one value), clamped to the image."""
+    return pad_bbox(box, mm_to_voxels(margin_mm, spacing), tuple(shape))
+
+
+def component_boxes(
+    mask: np.ndarray, spacing: Sequence[float], min_volume_mm3: float = 0.0, connectivity: int = 26
+) -> list[tuple[Box, int]]:
+    """Tight boxes and voxel counts of the connected components of ``mask`` (largest first).
+
+    Components below ``min_volume_mm3`` are dropped, except that the largest component is always kept
+    when the mask is not empty (so a small or partial kidney still gets a ROI). Connected components
+    are only computed inside the mask's bounding box, so memory scales with the kidneys, not the scan.
+    """
+    if mask.ndim != 3:
+        raise ValueError(f"expected a 3D mask, got shape {mask.shape}")
+    if not mask.any():
+        return []
+    outer = get_bbox_from_mask(mask)
+    sub = np.ascontiguousarray(mask[bounding_box_to_slice(outer)], dtype=bool)
+    labels = cc3d.connected_components(sub, connectivity=connectivity)
+    stats = cc3d.statistics(labels)
+    del labels
+    voxel_mm3 = float(np.prod(spacing))
+    found = []
+    for lab in range(1, len(stats["voxel_counts"])):
+        count = int(stats["voxel_counts"][lab])
+        if count == 0:
+            continue
+        slices = stats["bounding_boxes"][lab]
+        box = [[int(s.start) + o[0], int(s.stop) + o[0]] for s, o in zip(slices, outer)]
+        found.append((box, count))
+    found.sort(key=lambda bc: -bc[1])
+    kept = [bc for bc in found if bc[1] * voxel_mm3 >= min_volume_mm3]
+    return kept if kept else found[:1]
+
+
+def roi_boxes(
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    margin_mm: float | Sequence[float] = 15.0,
+    min_volume_mm3: float = 2000.0,
+) -> list[Box]:
+    """One box per kidney: components of ``mask`` above ``min_volume_mm3``, grown by ``margin_mm``,
+    clamped at the image border, overlapping boxes merged (a horseshoe kidney gives one box).
+    Sorted by position. Empty list for an empty mask."""
+    comps = component_boxes(mask, spacing, min_volume_mm3)
+    padded = [pad_box_mm(box, margin_mm, spacing, mask.shape) for box, _ in comps]
+    return merge_overlapping(padded)
+
+
+def jitter_box(
+    box: Box, rng: np.random.Generator, max_extra_mm: float, spacing: Sequence[float], shape: Sequence[int]
+) -> Box:
+    """Grow each side of ``box`` by an independent extra margin drawn uniformly from [0, max_extra_mm]
+    (rounded up to voxels, clamped to the image). Used for ground-truth training crops so the fine
+    stages see ROI borders as varied as the coarse model's at inference."""
+    out = []
+    for (a, b), s, n in zip(box, spacing, shape):
+        lo = mm_to_voxels(float(rng.uniform(0.0, max_extra_mm)), [s])[0]
+        hi = mm_to_voxels(float(rng.uniform(0.0, max_extra_mm)), [s])[0]
+        out.append([max(0, a - lo), min(int(n), b + hi)])
+    return out
+
+
+def crop(array: np.ndarray, box: Box) -> np.ndarray:
+    """View of ``array`` inside ``box`` (box applies to the last len(box) axes)."""
+    lead = (slice(None),) * (array.ndim - len(box))
+    return array[lead + bounding_box_to_slice(box)]
+
+
+def paste(target: np.ndarray, patch: np.ndarray, box: Box) -> np.ndarray:
+    """Write ``patch`` into ``target`` at ``box`` in place and return ``target``; shapes must agree."""
+    if tuple(patch.shape[-len(box):]) != box_shape(box):
+        raise ValueError(f"patch shape {patch.shape} does not match box {box}")
+    for (a, b), n in zip(box, target.shape[-len(box):]):
+        if a < 0 or b > n or a >= b:
+            raise ValueError(f"box {box} does not lie inside an array of shape {target.shape}")
+    target[(slice(None),) * (target.ndim - len(box)) + bounding_box_to_slice(box)] = patch
+    return target
+
+
+def covers(boxes: Sequence[Box], mask: np.ndarray) -> bool:
+    """True if every nonzero voxel of ``mask`` lies in at least one box."""
+    rest = mask.astype(bool, copy=True)
+    for box in boxes:
+        rest[bounding_box_to_slice(box)] = False
+    return not rest.any()
