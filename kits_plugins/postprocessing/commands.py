@@ -3,11 +3,94 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from kits_plugins.constants import CYST, KIDNEY, TARGET_SPACING, TUMOR
+from kits_plugins.utilities.image_io import KitsInputError
 
 
 def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    from kits_plugins.postprocessing.remove_components import DEFAULT_MIN_VOLUME_MM3 as D
+
+    parser.description = (
+        "Remove connected components smaller than a per-class volume (kidney = kidney+masses as one organ) and "
+        "tumor/cyst components that touch no kept kidney. Thresholds are in mm3 and converted with each "
+        "file's own voxel size; headers are kept exactly; writes are atomic."
+    )
+    parser.add_argument("input", nargs="?", help="label map file or folder of .nii.gz/.nii files")
+    parser.add_argument("output", nargs="?", help="output file, or folder (created) when INPUT is a folder")
+    parser.add_argument("--min-kidney-mm3", type=float, default=D[KIDNEY],
+                        help=f"smallest kidney(+masses) component kept (default {D[KIDNEY]:.1f}; 0 disables)")
+    parser.add_argument("--min-tumor-mm3", type=float, default=D[TUMOR],
+                        help=f"smallest tumor component kept (default {D[TUMOR]:.2f}; 0 disables)")
+    parser.add_argument("--min-cyst-mm3", type=float, default=D[CYST],
+                        help=f"smallest cyst component kept (default {D[CYST]:.2f}; 0 disables)")
+    parser.add_argument("--keep-outside", action="store_true",
+                        help="keep tumor/cyst components that touch no kidney (removed by default)")
+    parser.add_argument("--report", metavar="JSON", help="write every removed component per file to this JSON")
+    parser.add_argument("--export-pkl", metavar="PKL",
+                        help="also write these settings as an nnU-Net postprocessing.pkl (for "
+                        "nnUNetv2_apply_postprocessing); thresholds become voxel counts at --pkl-spacing")
+    parser.add_argument("--pkl-spacing", type=float, nargs=3, metavar=("S0", "S1", "S2"), default=list(TARGET_SPACING),
+                        help="voxel size (mm) the pkl's voxel thresholds are computed for (default: target spacing)")
+
+
+def _pairs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
+    from kits_plugins.postprocessing.files import is_nifti, list_label_files
+
+    if not inp.exists():
+        raise KitsInputError(f"{inp}: no such file or folder")
+    if inp.is_dir():
+        if out.exists() and not out.is_dir():
+            raise KitsInputError(f"{out}: INPUT is a folder, so OUTPUT must be a folder, not a file")
+        files = list_label_files(inp)
+        if not files:
+            raise KitsInputError(f"{inp}: no .nii.gz/.nii files in this folder")
+        return [(f, out / f.name) for f in files]
+    if not is_nifti(inp):
+        raise KitsInputError(f"{inp}: expected a .nii.gz or .nii file")
+    if out.is_dir() or not is_nifti(out):
+        out = out / inp.name
+    return [(inp, out)]
 
 
 def run_postprocess(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`kits postprocess` is not implemented yet")
+    from tqdm import tqdm
+
+    from kits_plugins.postprocessing.files import postprocess_file
+
+    thresholds = {KIDNEY: args.min_kidney_mm3, TUMOR: args.min_tumor_mm3, CYST: args.min_cyst_mm3}
+    for label, value in thresholds.items():
+        if value < 0:
+            raise KitsInputError(f"--min-*-mm3 must be >= 0, got {value} for label {label}")
+    remove_outside = not args.keep_outside
+
+    if args.export_pkl:
+        from kits_plugins.postprocessing.nnunet_export import export_postprocessing_pkl
+
+        if min(args.pkl_spacing) <= 0:
+            raise KitsInputError(f"--pkl-spacing must be positive, got {args.pkl_spacing}")
+        path = export_postprocessing_pkl(args.export_pkl, args.pkl_spacing, thresholds, remove_outside)
+        print(f"wrote {path} (apply with: nnUNetv2_apply_postprocessing -i IN -o OUT -pp_pkl_file {path})")
+    if args.input is None and args.output is None:
+        if args.export_pkl:
+            return 0
+        raise KitsInputError("give INPUT and OUTPUT (or --export-pkl)")
+    if args.input is None or args.output is None:
+        raise KitsInputError("give both INPUT and OUTPUT")
+
+    pairs = _pairs(Path(args.input), Path(args.output))
+    reports = {}
+    n_changed = 0
+    for src, dst in tqdm(pairs, desc="postprocess", unit="file", disable=len(pairs) == 1):
+        report = postprocess_file(src, dst, thresholds, remove_outside)
+        reports[src.name] = report.to_dict()
+        if report.removed:
+            n_changed += 1
+            tqdm.write(f"{src.name}: {report.summary()}")
+    print(f"postprocessed {len(pairs)} file(s) into {args.output}; {n_changed} changed")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(reports, indent=1))
+    return 0
