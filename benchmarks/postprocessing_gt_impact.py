@@ -100,6 +100,29 @@ def main() -> None:
             "cyst": by_reason.get("small_cyst", 0) / max(totals["cyst"], 1),
         },
         "cases_with_removals": sum(1 for c in cases if c["removed"]),
+        "removed_voxels_total": sum(c["voxels_changed"] for c in cases),
+        "removed_mass_voxels_with_kidney_fragments": sum(
+            r["mass_voxels"] for c in cases for r in c["removed"] if r["reason"] == "small_kidney"
+        ),
+        "largest_removed_by_reason": {
+            reason: max(
+                (
+                    {"case": c["case"], "voxels": r["voxels"], "volume_mm3": r["volume_mm3"]}
+                    for c in cases for r in c["removed"] if r["reason"] == reason
+                ),
+                key=lambda x: x["voxels"],
+            )
+            for reason in by_reason
+        },
+        "removed_lesions_with_seed_voxel_count": sum(
+            1 for c in cases for r in c["removed"] if r["exceeds_seed_voxels"]
+        ),
+        "gt_smallest_mm3_overall": {
+            name: min((c["gt_smallest_component_mm3"][name] for c in cases
+                       if c["gt_smallest_component_mm3"][name] is not None), default=None)
+            for name in ("kidney", "tumor", "cyst")
+        },
+        "total_seconds": sum(c["postprocess_seconds"] for c in cases),
         "cases": cases,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +142,10 @@ def main() -> None:
         )
     print(f"GT components: {totals}; removed by reason: {by_reason}; "
           f"cases with removals: {result['cases_with_removals']}/{len(cases)}")
+    print(f"largest removed: {result['largest_removed_by_reason']}")
+    print(f"changed voxels: {result['removed_voxels_total']}; lesion voxels inside removed kidney fragments: "
+          f"{result['removed_mass_voxels_with_kidney_fragments']}; removed lesions with >= the seed's voxel count: "
+          f"{result['removed_lesions_with_seed_voxel_count']}; postprocessing time {result['total_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

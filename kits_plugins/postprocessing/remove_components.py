@@ -272,8 +272,11 @@ def nnunet_postprocessing_fn(
 
     nnU-Net calls every function of a postprocessing.pkl as ``fn(segmentation, **kwargs)`` and passes no
     spacing, so the thresholds are fixed voxel counts (see :func:`kits_plugins.postprocessing.nnunet_export`).
-    The input is not modified. Keys may be ints or strings ("1", "2", "3").
+    The input is not modified. Keys may be ints or strings ("1", "2", "3"). nnU-Net's readers return the
+    segmentation as float32, so a float map with whole values 0-3 is accepted; the result is uint8.
     """
+    if not np.issubdtype(segmentation.dtype, np.integer):
+        segmentation = segmentation.astype(np.uint8)  # whole label values: exact
     given = {int(k): int(v) for k, v in (min_voxels or {}).items()}
     min_voxels = {label: given.get(label, n) for label, n in SEED_MIN_VOXELS_AT_TARGET.items()}
     # Thresholds in voxels == thresholds in mm3 at a 1 mm3 voxel.
