@@ -1,0 +1,160 @@
+"""Boundary (surface) loss of Kervadec et al. (MIDL 2019) for nnU-Net's region-based training, and its weight schedule.
+
+``BoundaryLoss`` = mean over voxels, channels and batch of ``sigmoid(logit) * phi``, where ``phi`` is the signed
+distance map (mm, negative inside) of each region's ground truth (see ``kits_plugins.losses.distance``). It is
+minimal for the perfect prediction; its gradient ``sigmoid'(logit) * phi`` pushes voxels inside the ground truth up
+and voxels outside down, proportionally to how far they are from the boundary.
+
+``RegionDiceBCEBoundaryLoss`` adds it to an already-built nnU-Net region loss (``DC_and_BCE_loss``, possibly inside
+``DeepSupervisionWrapper``) with a weight the trainer sets each epoch from ``BoundaryWeightSchedule``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from kits_plugins.losses.distance import batch_signed_distance_maps
+
+NORMALIZE_MODES = ("none", "max")
+
+
+def _highest_resolution(x):
+    """nnU-Net deep supervision passes lists (highest resolution first); the boundary term uses only entry 0."""
+    if isinstance(x, (list, tuple)):
+        if len(x) == 0:
+            raise ValueError("empty deep-supervision list")
+        return x[0]
+    return x
+
+
+class BoundaryLoss(nn.Module):
+    """Kervadec boundary loss on region (sigmoid) outputs.
+
+    ``spacing``: voxel size in mm in the tensor's spatial axis order (nnU-Net: ``configuration_manager.spacing``).
+    ``normalize``: ``"none"`` keeps ``phi`` in mm (default: the loss is a physical mean signed distance and does not
+    depend on what else the patch holds); ``"max"`` divides each (sample, channel) map by its largest absolute value
+    (loss in [-1, 1]); a positive number divides every map by that many mm.
+    ``ignore_channel``: the target's last channel is nnU-Net's ignore mask (``use_ignore_label``); it is dropped and
+    ignored voxels are left out of the mean.
+    ``parallel``: threads for the distance transform (it runs on the CPU).
+
+    Deep-supervision lists (logits and targets, highest resolution first) are accepted and only entry 0 is used: the
+    boundary term is a fine-scale signal, and lower scales would need their own spacing; the Dice+BCE term keeps deep
+    supervision.
+    """
+
+    def __init__(self, spacing: Sequence[float], normalize: str | float = "none", ignore_channel: bool = False,
+                 parallel: int = 1):
+        super().__init__()
+        if isinstance(normalize, str):
+            if normalize not in NORMALIZE_MODES:
+                raise ValueError(f"normalize must be one of {NORMALIZE_MODES} or a positive number, got {normalize!r}")
+        elif not (float(normalize) > 0 and math.isfinite(float(normalize))):
+            raise ValueError(f"normalize scale must be a positive number of mm, got {normalize!r}")
+        self.spacing = tuple(float(s) for s in spacing)
+        self.normalize = normalize
+        self.ignore_channel = ignore_channel
+        self.parallel = parallel
+
+    def distance_maps(self, target: torch.Tensor) -> torch.Tensor:
+        """Signed distance maps of a (b, c, *spatial) region target, normalised as configured, without gradient."""
+        dist = batch_signed_distance_maps(target, self.spacing, parallel=self.parallel)
+        if self.normalize == "max":
+            scale = dist.abs().flatten(2).amax(dim=2).clamp_min(1e-12)
+            dist = dist / scale.view(*scale.shape, *([1] * (dist.ndim - 2)))
+        elif not isinstance(self.normalize, str):
+            dist = dist / float(self.normalize)
+        return dist
+
+    def forward(self, logits, target) -> torch.Tensor:
+        logits = _highest_resolution(logits)
+        target = _highest_resolution(target)
+        mask = None
+        if self.ignore_channel:
+            mask = ~target[:, -1:].bool() if target.dtype == torch.bool else target[:, -1:] < 0.5
+            target = target[:, :-1]
+        if logits.shape != target.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same shape")
+        dist = self.distance_maps(target)
+        product = torch.sigmoid(logits.float()) * dist
+        if mask is None:
+            return product.mean()
+        n_valid = mask.sum() * product.shape[1]
+        return (product * mask).sum() / n_valid.clamp_min(1)
+
+
+class BoundaryWeightSchedule:
+    """Weight of the boundary term per epoch: ``start`` until ``ramp_start_epoch``, linear to ``end`` at
+    ``ramp_end_epoch``, constant after.
+
+    Default 0 -> 0.5 over epochs 0-500 (the first half of nnU-Net's 1000 epochs). Kervadec et al. start from the
+    region loss alone and shift weight to the boundary term over about the first half of training (their alpha
+    rebalancing), because the boundary term alone cannot find the regions from scratch. Unlike them, nnU-Net's
+    Dice+BCE keeps weight 1 throughout (its deep supervision and the cyst-free patches rely on it), and the boundary
+    term is added on top. With ``phi`` in mm and weight 0.5, a voxel at p = 0.5 receives the same gradient from the
+    boundary term as from BCE at about 4 mm from the boundary: the region loss still governs the boundary layer and
+    the boundary term dominates for gross errors further away. Use ``for_num_epochs`` for short schedules.
+    """
+
+    def __init__(self, start: float = 0.0, end: float = 0.5, ramp_start_epoch: int = 0, ramp_end_epoch: int = 500):
+        if ramp_end_epoch < ramp_start_epoch:
+            raise ValueError(f"ramp_end_epoch {ramp_end_epoch} < ramp_start_epoch {ramp_start_epoch}")
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise ValueError("start and end weights must be finite")
+        self.start = float(start)
+        self.end = float(end)
+        self.ramp_start_epoch = int(ramp_start_epoch)
+        self.ramp_end_epoch = int(ramp_end_epoch)
+
+    @classmethod
+    def for_num_epochs(cls, num_epochs: int, start: float = 0.0, end: float = 0.5, ramp_start_fraction: float = 0.0,
+                       ramp_end_fraction: float = 0.5) -> BoundaryWeightSchedule:
+        """Same shape scaled to a schedule of ``num_epochs`` epochs (ramp over the given fractions of training)."""
+        return cls(start, end, round(ramp_start_fraction * num_epochs), round(ramp_end_fraction * num_epochs))
+
+    def __call__(self, epoch: int) -> float:
+        if epoch >= self.ramp_end_epoch:  # first, so that equal ramp epochs give a step to ``end``
+            return self.end
+        if epoch <= self.ramp_start_epoch:
+            return self.start
+        t = (epoch - self.ramp_start_epoch) / (self.ramp_end_epoch - self.ramp_start_epoch)
+        return self.start + t * (self.end - self.start)
+
+    def __repr__(self) -> str:
+        return (f"BoundaryWeightSchedule(start={self.start}, end={self.end}, ramp_start_epoch={self.ramp_start_epoch}, "
+                f"ramp_end_epoch={self.ramp_end_epoch})")
+
+
+class RegionDiceBCEBoundaryLoss(nn.Module):
+    """``region_loss(output, target) + boundary_weight * boundary_loss(output, target)``.
+
+    ``region_loss`` is nnU-Net's region loss as built by the trainer (``DC_and_BCE_loss``, possibly wrapped in
+    ``DeepSupervisionWrapper``): it gets the full deep-supervision lists; ``boundary_loss`` uses the highest
+    resolution only. The trainer sets ``boundary_weight`` each epoch. With weight 0 the distance maps are skipped when
+    ``skip_when_zero`` (saves the CPU time) and ``last_boundary_loss`` is NaN. ``last_region_loss`` and
+    ``last_boundary_loss`` hold the unweighted components of the last call, as floats, for logging.
+    """
+
+    def __init__(self, region_loss: nn.Module, boundary_loss: BoundaryLoss, boundary_weight: float = 0.0,
+                 skip_when_zero: bool = True):
+        super().__init__()
+        self.region_loss = region_loss
+        self.boundary_loss = boundary_loss
+        self.boundary_weight = float(boundary_weight)
+        self.skip_when_zero = skip_when_zero
+        self.last_region_loss = math.nan
+        self.last_boundary_loss = math.nan
+
+    def forward(self, output, target) -> torch.Tensor:
+        region = self.region_loss(output, target)
+        self.last_region_loss = float(region.detach())
+        if self.boundary_weight == 0.0 and self.skip_when_zero:
+            self.last_boundary_loss = math.nan
+            return region
+        boundary = self.boundary_loss(output, target)
+        self.last_boundary_loss = float(boundary.detach())
+        return region + self.boundary_weight * boundary

@@ -1,0 +1,299 @@
+"""Signed distance maps and the Kervadec boundary loss: exact values, minimum, gradient direction, edge cases."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from scipy import ndimage
+
+from kits_plugins.losses import (
+    BoundaryLoss,
+    BoundaryWeightSchedule,
+    RegionDiceBCEBoundaryLoss,
+    batch_signed_distance_maps,
+    signed_distance_map,
+)
+
+torch.set_num_threads(1)
+
+SPACING = (2.5, 0.8, 0.8)
+
+
+def brute_force_sdm(mask: np.ndarray, spacing) -> np.ndarray:
+    """Reference: for each voxel centre, min distance (mm) to a voxel centre of the other set; minus inside."""
+    coords = np.indices(mask.shape).reshape(mask.ndim, -1).T * np.asarray(spacing, dtype=np.float64)
+    flat = mask.ravel().astype(bool)
+    dist = np.sqrt(((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1))
+    to_inside = np.where(flat[None, :], dist, np.inf).min(1)
+    to_outside = np.where(~flat[None, :], dist, np.inf).min(1)
+    return np.where(flat, -to_outside, to_inside).reshape(mask.shape)
+
+
+def ellipsoid(shape=(12, 24, 24), radii=(3.5, 7.0, 8.0), center=None) -> np.ndarray:
+    center = [s / 2 - 0.5 for s in shape] if center is None else center
+    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii)) <= 1.0
+
+
+def logits_of(mask: np.ndarray, scale: float = 10.0) -> torch.Tensor:
+    """(1, 1, *spatial) logits +scale inside, -scale outside."""
+    return torch.from_numpy(np.where(mask, scale, -scale).astype(np.float32))[None, None]
+
+
+def target_of(*masks: np.ndarray) -> torch.Tensor:
+    """(1, c, *spatial) float target from one mask per channel."""
+    return torch.from_numpy(np.stack(masks).astype(np.float32))[None]
+
+
+# ----------------------------------------------------------------------------------------- signed distance map
+
+
+@pytest.mark.parametrize(
+    "shape, spacing",
+    [
+        ((5, 7, 6), SPACING),
+        ((6, 5, 7), (0.8, 2.5, 0.8)),
+        ((1, 6, 7), SPACING),
+        ((4, 1, 9), (3.0, 1.0, 0.5)),
+        ((9, 8), (0.7, 1.9)),
+        ((13,), (1.3,)),
+    ],
+)
+@pytest.mark.parametrize("fraction", [0.05, 0.4, 0.9])
+def test_sdm_equals_brute_force(shape, spacing, fraction):
+    rng = np.random.default_rng(hash((shape, fraction)) % 2**32)
+    for _ in range(4):
+        mask = rng.random(shape) < fraction
+        if not mask.any() or mask.all():
+            continue
+        sdm = signed_distance_map(mask, spacing)
+        assert sdm.dtype == np.float32 and sdm.shape == mask.shape
+        np.testing.assert_allclose(sdm, brute_force_sdm(mask, spacing), rtol=1e-5, atol=1e-5)
+
+
+def test_sdm_convention_signs_and_boundary_values():
+    mask = np.zeros((4, 5, 6), dtype=np.uint8)
+    mask[1:3, 1:4, 2:5] = 1
+    before = mask.copy()
+    sdm = signed_distance_map(mask, SPACING)
+    np.testing.assert_array_equal(mask, before)  # input untouched
+    assert (sdm[mask == 1] < 0).all() and (sdm[mask == 0] > 0).all()  # no voxel is exactly zero
+    # face neighbours across the boundary hold -s and +s: the interpolated zero lies on the face between them
+    assert sdm[1, 2, 2] == pytest.approx(-0.8) and sdm[1, 2, 1] == pytest.approx(0.8)
+    assert sdm[0, 2, 3] == pytest.approx(2.5)  # across the slice face: one slice spacing
+    # centre voxel of a 2-slice x 3 x 3 box: nearest outside voxel is two in-plane steps (1.6 mm), not the 2.5 mm slice
+    assert sdm[1, 2, 3] == pytest.approx(-1.6) and sdm[2, 2, 3] == pytest.approx(-1.6)
+    assert sdm[0, 0, 0] == pytest.approx(math.sqrt(2.5**2 + 0.8**2 + 1.6**2), rel=1e-6)
+    # antisymmetric: the complement's map is the negative map
+    np.testing.assert_allclose(signed_distance_map(mask == 0, SPACING), -sdm, rtol=1e-6)
+
+
+def test_sdm_accepts_labels_and_non_contiguous_views():
+    mask = ellipsoid((8, 12, 14), (2.5, 4, 5))
+    expected = signed_distance_map(mask, SPACING)
+    np.testing.assert_array_equal(signed_distance_map(mask.astype(np.int16) * 3, SPACING), expected)
+    big = np.zeros((8, 24, 14), dtype=bool)
+    big[:, ::2] = mask
+    np.testing.assert_array_equal(signed_distance_map(big[:, ::2], SPACING), expected)
+
+
+@pytest.mark.parametrize("fill", [0, 1])
+def test_sdm_empty_and_full_masks_are_zero(fill):
+    sdm = signed_distance_map(np.full((3, 4, 5), fill, dtype=np.uint8), SPACING)
+    assert sdm.dtype == np.float32 and sdm.shape == (3, 4, 5)
+    assert not sdm.any()
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (1.0, 0.0, 1.0), (1.0, -1.0, 1.0), (1.0, float("nan"), 1.0)])
+def test_sdm_rejects_bad_spacing(spacing):
+    with pytest.raises(ValueError, match="spacing"):
+        signed_distance_map(np.ones((2, 2, 2), dtype=bool), spacing)
+
+
+# ----------------------------------------------------------------------------------------- batched maps
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.float32, torch.float16])
+def test_batch_maps_match_per_channel_and_stay_on_device(dtype):
+    kidney = ellipsoid((8, 12, 14), (3, 5, 6))
+    mass = ellipsoid((8, 12, 14), (1.5, 2, 2), center=(4, 6, 9))
+    masks = np.stack([np.stack([kidney, mass]), np.stack([kidney, np.zeros_like(mass)])])  # cyst-free 2nd sample
+    target = torch.from_numpy(masks).to(dtype)
+    maps = batch_signed_distance_maps(target, SPACING)
+    assert maps.dtype == torch.float32 and maps.device == target.device and maps.shape == target.shape
+    assert not maps.requires_grad
+    for b in range(2):
+        for c in range(2):
+            np.testing.assert_array_equal(maps[b, c].numpy(), signed_distance_map(masks[b, c], SPACING))
+    assert not maps[1, 1].any() and maps[0, 1].any()  # absent channel in one sample: zeros there only
+
+
+def test_batch_maps_reject_wrong_spacing_length():
+    with pytest.raises(ValueError, match="spatial axes"):
+        batch_signed_distance_maps(torch.zeros(1, 1, 4, 4, 4), (1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------------------- boundary loss
+
+
+def test_perfect_prediction_is_the_minimum():
+    gt = ellipsoid()
+    loss = BoundaryLoss(SPACING)
+    target = target_of(gt)
+    perfect = loss(logits_of(gt), target).item()
+    struct = ndimage.generate_binary_structure(3, 1)
+    others = {
+        "dilated": ndimage.binary_dilation(gt, struct),
+        "eroded": ndimage.binary_erosion(gt, struct),
+        "empty": np.zeros_like(gt),
+        "full": np.ones_like(gt),
+    }
+    for axis in range(3):
+        for step in (-1, 1):
+            others[f"shift{axis}{step:+d}"] = np.roll(gt, step, axis=axis)
+    for name, pred in others.items():
+        assert loss(logits_of(pred), target).item() > perfect + 1e-3, name
+    # the value is the mean of the map over the inside (sigmoid(+10) ~ 1, sigmoid(-10) ~ 0)
+    sdm = signed_distance_map(gt, SPACING)
+    assert perfect == pytest.approx(sdm[gt].sum() / gt.size, rel=1e-3)
+
+
+def test_gradient_grows_a_too_small_prediction():
+    gt = ellipsoid()
+    pred = ndimage.binary_erosion(gt, iterations=2)
+    ring = gt & ~pred  # inside the ground truth, outside the prediction
+    logits = logits_of(pred).requires_grad_(True)
+    BoundaryLoss(SPACING)(logits, target_of(gt)).backward()
+    grad = logits.grad[0, 0].numpy()
+    assert (grad[ring] < 0).all()  # gradient descent raises these logits
+    assert (grad[gt] < 0).all() and (grad[~gt] > 0).all()
+    # a few plain gradient steps from a soft, too-small start grow the predicted region towards the ground truth
+    logits = logits_of(pred, scale=2.0).requires_grad_(True)
+    optimizer = torch.optim.SGD([logits], lr=20.0 * gt.size)
+    for _ in range(10):
+        optimizer.zero_grad()
+        BoundaryLoss(SPACING)(logits, target_of(gt)).backward()
+        optimizer.step()
+    grown = logits.detach()[0, 0].numpy() > 0
+    assert grown[ring].sum() > 0.5 * ring.sum()
+    assert not (grown & ~gt).any()
+
+
+@pytest.mark.parametrize("normalize", ["none", "max", 10.0])
+def test_no_nan_on_empty_or_full_targets(normalize):
+    loss = BoundaryLoss(SPACING, normalize=normalize)
+    for fill in (0.0, 1.0):
+        target = torch.full((2, 2, 4, 5, 6), fill)
+        logits = torch.randn(2, 2, 4, 5, 6, requires_grad=True)
+        value = loss(logits, target)
+        value.backward()
+        assert value.item() == 0.0
+        assert torch.isfinite(logits.grad).all() and not logits.grad.any()
+
+
+def test_channel_absent_in_one_sample():
+    gt = ellipsoid((8, 12, 14), (3, 5, 6))
+    target = torch.from_numpy(np.stack([np.stack([gt, gt]), np.stack([gt, np.zeros_like(gt)])]).astype(np.float32))
+    logits = torch.randn(target.shape, requires_grad=True)
+    value = BoundaryLoss(SPACING)(logits, target)
+    value.backward()
+    maps = batch_signed_distance_maps(target, SPACING)
+    assert value.item() == pytest.approx((torch.sigmoid(logits.detach()) * maps).mean().item(), rel=1e-5)
+    assert torch.isfinite(logits.grad).all() and not logits.grad[1, 1].any() and logits.grad[1, 0].any()
+
+
+def test_deep_supervision_lists_use_highest_resolution_only():
+    gt = ellipsoid((8, 12, 14), (3, 5, 6))
+    target = target_of(gt)
+    logits = torch.randn(target.shape)
+    loss = BoundaryLoss(SPACING)
+    expected = loss(logits, target)
+    low_logits, low_target = torch.randn(1, 1, 4, 6, 7), torch.ones(1, 1, 4, 6, 7)  # anything: ignored
+    assert loss([logits, low_logits], [target, low_target]).item() == expected.item()
+    assert loss((logits, low_logits), (target, low_target)).item() == expected.item()
+    with pytest.raises(ValueError, match="same shape"):
+        loss(low_logits, target)
+
+
+def test_normalize_modes():
+    gt = ellipsoid((8, 12, 14), (3, 5, 6))
+    target = torch.from_numpy(np.stack([gt, np.zeros_like(gt)]).astype(np.float32))[None]
+    raw = BoundaryLoss(SPACING).distance_maps(target)
+    by_max = BoundaryLoss(SPACING, normalize="max").distance_maps(target)
+    assert by_max[0, 0].abs().max().item() == pytest.approx(1.0)
+    torch.testing.assert_close(by_max[0, 0], raw[0, 0] / raw[0, 0].abs().max())
+    assert not by_max[0, 1].any()  # empty channel: still zeros, no NaN
+    torch.testing.assert_close(BoundaryLoss(SPACING, normalize=5.0).distance_maps(target), raw / 5.0)
+    for bad in ("mean", 0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="normalize"):
+            BoundaryLoss(SPACING, normalize=bad)
+
+
+def test_ignore_channel_is_dropped_and_masked():
+    gt = ellipsoid((8, 12, 14), (3, 5, 6))
+    ignore = np.zeros_like(gt)
+    ignore[:, :, :3] = True
+    target = torch.from_numpy(np.stack([gt, ignore]).astype(np.float32))[None]
+    logits = torch.randn(1, 1, *gt.shape)
+    value = BoundaryLoss(SPACING, ignore_channel=True)(logits, target).item()
+    product = torch.sigmoid(logits[0, 0]).numpy() * signed_distance_map(gt, SPACING)
+    assert value == pytest.approx(product[~ignore].mean(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- schedule and composition
+
+
+def test_weight_schedule():
+    schedule = BoundaryWeightSchedule(start=0.1, end=0.5, ramp_start_epoch=10, ramp_end_epoch=20)
+    assert [schedule(e) for e in (0, 10, 15, 20, 100)] == pytest.approx([0.1, 0.1, 0.3, 0.5, 0.5])
+    default = BoundaryWeightSchedule()
+    assert default(0) == 0.0 and default(250) == pytest.approx(0.25) and default(999) == 0.5
+    short = BoundaryWeightSchedule.for_num_epochs(10)
+    assert (short.ramp_start_epoch, short.ramp_end_epoch) == (0, 5) and short(5) == 0.5
+    step = BoundaryWeightSchedule(start=0.0, end=1.0, ramp_start_epoch=3, ramp_end_epoch=3)
+    assert (step(2), step(3), step(4)) == (0.0, 1.0, 1.0)
+    with pytest.raises(ValueError):
+        BoundaryWeightSchedule(ramp_start_epoch=5, ramp_end_epoch=4)
+    assert "end=0.5" in repr(default)
+
+
+def _nnunet_region_loss(deep_supervision: bool):
+    loss = DC_and_BCE_loss({}, {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": False},
+                           use_ignore_label=False, dice_class=MemoryEfficientSoftDiceLoss)
+    return DeepSupervisionWrapper(loss, [0.6, 0.4]) if deep_supervision else loss
+
+
+@pytest.mark.parametrize("deep_supervision", [True, False])
+def test_region_plus_boundary_composition(deep_supervision):
+    gt = ellipsoid((8, 12, 14), (3, 5, 6))
+    target = torch.from_numpy(np.stack([gt, ndimage.binary_erosion(gt, iterations=2)]).astype(np.float32))[None]
+    target = target.repeat(2, 1, 1, 1, 1)
+    logits = torch.randn(target.shape, requires_grad=True)
+    low_target = target[:, :, ::2, ::2, ::2]
+    low_logits = torch.randn(low_target.shape, requires_grad=True)
+    output, tgt = ([logits, low_logits], [target, low_target]) if deep_supervision else (logits, target)
+
+    region, boundary = _nnunet_region_loss(deep_supervision), BoundaryLoss(SPACING)
+    combined = RegionDiceBCEBoundaryLoss(region, boundary)
+    combined.boundary_weight = 0.25
+    value = combined(output, tgt)
+    expected = region(output, tgt) + 0.25 * boundary(logits, target)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert combined.last_region_loss == pytest.approx(region(output, tgt).item(), rel=1e-6)
+    assert combined.last_boundary_loss == pytest.approx(boundary(logits, target).item(), rel=1e-6)
+    value.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.any()
+    if deep_supervision:
+        assert low_logits.grad is not None and low_logits.grad.any()  # Dice+BCE keeps deep supervision
+
+    combined.boundary_weight = 0.0
+    assert combined(output, tgt).item() == pytest.approx(region(output, tgt).item(), rel=1e-6)
+    assert math.isnan(combined.last_boundary_loss)
+    pickle.loads(pickle.dumps(combined))  # trainers and their losses must survive nnU-Net's spawned workers
