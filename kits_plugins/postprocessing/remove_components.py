@@ -17,6 +17,10 @@ Sizes are given in mm3 and converted to voxel counts with the voxel volume of th
 the same defaults mean the same physical size at any spacing (connectivity and voxel volume do not depend
 on the axis order, so ``spacing`` may be in any order). All work happens inside the foreground bounding
 box with cc3d; there are no Python loops over voxels.
+
+Removed tumors/cysts that still have at least the seed's voxel count (200 / 50) are logged as warnings and
+flagged in the report: on fine native grids the mm3 thresholds can delete true small lesions (see
+docs/postprocessing.md for the measured effect on real ground truth).
 """
 
 from __future__ import annotations
