@@ -1,29 +1,116 @@
-"""`kits` subcommands of this stage (see kits_plugins.cli)."""
+"""`kits` subcommands of this stage (see kits_plugins.cli): predict, crop-rois, paste-rois.
+
+Heavy imports (torch, nnU-Net) happen inside ``run_*`` so ``kits --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from kits_plugins.constants import DEFAULT_MARGIN_MM, DEFAULT_MIN_ROI_VOLUME_MM3, PLANS_NAME
+
+
+def _add_roi_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM,
+                        help=f"ROI margin around each kidney in mm (default {DEFAULT_MARGIN_MM})")
+    parser.add_argument("--min-roi-volume-mm3", type=float, default=DEFAULT_MIN_ROI_VOLUME_MM3,
+                        help="mask components smaller than this get no ROI of their own (the largest always does; "
+                             f"default {DEFAULT_MIN_ROI_VOLUME_MM3})")
+
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("-i", dest="input", required=True,
+                        help="CT file, folder of CT NIfTIs (case_XXXXX_0000.nii.gz or *.nii.gz) or KiTS layout "
+                             "(case_XXXXX/imaging.nii.gz)")
+    parser.add_argument("-o", dest="output", required=True, help="output folder (case_XXXXX.nii.gz)")
+    parser.add_argument("-f", dest="folds", nargs="+", default=None,
+                        help="folds to ensemble for every stage (default: every fold_N present, else 'all')")
+    parser.add_argument("-device", dest="device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
+    parser.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of patch)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write <case>_roiK.npz with the ROI-sized probabilities of stages 222 and 223 "
+                             "(float16, file order) and crops.json with the ROI boxes")
+    parser.add_argument("--results", default=None, help="nnU-Net results folder (default $nnUNet_results)")
+    parser.add_argument("-p", dest="plans", default=PLANS_NAME, help=f"plans identifier (default {PLANS_NAME})")
+    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    for stage, trainer, config in (
+        ("coarse", "nnUNetTrainerKiTSCoarse", "3d_lowres"),
+        ("fine", "nnUNetTrainerKiTSFine", "3d_fullres"),
+        ("masses", "nnUNetTrainerKiTSSurface", "3d_fullres"),
+    ):
+        parser.add_argument(f"--{stage}-trainer", default=trainer, help=f"default {trainer}")
+        parser.add_argument(f"--{stage}-config", default=config, help=f"default {config}")
+    parser.add_argument("--coarse-masks", default=None,
+                        help="folder of kidney masks case_XXXXX.nii.gz used instead of stage 221 (oracle mode)")
+    _add_roi_arguments(parser)
+    parser.add_argument("--on-empty-mask", choices=["zeros", "whole"], default="zeros",
+                        help="empty coarse mask: write an all-zero map (default) or run the fine stages on the "
+                             "whole image; both warn")
+    parser.add_argument("--no-postprocess", action="store_true", help="skip kits_plugins.postprocessing")
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`kits predict` is not implemented yet")
+    from kits_plugins.inference.cascade import KiTSCascadePredictor
+    from kits_plugins.inference.model_discovery import stage_models
+
+    models = stage_models(
+        folds=args.folds, plans=args.plans, checkpoint=args.checkpoint,
+        coarse_trainer=args.coarse_trainer, fine_trainer=args.fine_trainer, masses_trainer=args.masses_trainer,
+        coarse_config=args.coarse_config, fine_config=args.fine_config, masses_config=args.masses_config,
+    )
+    predictor = KiTSCascadePredictor.from_results(
+        models, results=args.results, device=args.device, step_size=args.step_size,
+        use_mirroring=not args.disable_tta, load_coarse=args.coarse_masks is None,
+        margin_mm=args.margin_mm, min_roi_volume_mm3=args.min_roi_volume_mm3,
+        postprocess=not args.no_postprocess, on_empty_mask=args.on_empty_mask,
+        save_probabilities=args.save_probabilities,
+    )
+    infos = predictor.predict(args.input, args.output, coarse_masks=args.coarse_masks)
+    print(f"kits predict: {len(infos)} case(s) written to {args.output}")
+    return 0
 
 
 def add_crop_rois_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("-i", dest="input", required=True, help="CT file, folder or KiTS layout")
+    parser.add_argument("-o", dest="output", required=True,
+                        help="output folder: <case>_roiK_0000.nii.gz [+ _0001], crops.json")
+    boxes = parser.add_mutually_exclusive_group(required=True)
+    boxes.add_argument("--mask", default=None,
+                       help="folder of full-size masks case_XXXXX.nii.gz (e.g. the stage 221 output); boxes from "
+                            "their foreground (label > 0)")
+    boxes.add_argument("--crops", default=None, help="reuse the boxes of this crops.json (e.g. from the 222 crops)")
+    parser.add_argument("--roi-mask", default=None,
+                        help="folder of ROI-sized masks <case>_roiK.nii.gz (e.g. the stage 222 output) for the "
+                             "mask channel")
+    parser.add_argument("--with-mask-channel", action="store_true",
+                        help="also write the binary mask as channel _0001 (stage 223 input)")
+    _add_roi_arguments(parser)
 
 
 def run_crop_rois(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`kits crop-rois` is not implemented yet")
+    from kits_plugins.inference.stage_io import crop_rois
+
+    crops = crop_rois(
+        args.input, args.output, mask_dir=args.mask, crops_json=args.crops, roi_mask_dir=args.roi_mask,
+        with_mask_channel=args.with_mask_channel, margin_mm=args.margin_mm, min_roi_volume_mm3=args.min_roi_volume_mm3,
+    )
+    print(f"kits crop-rois: {len(crops)} ROI crop(s) and crops.json written to {args.output}")
+    return 0
 
 
 def add_paste_rois_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("-i", dest="input", required=True, help="folder of per-ROI predictions <case>_roiK.nii.gz")
+    parser.add_argument("--crops", required=True, help="crops.json written by crop-rois (or derive-stages)")
+    parser.add_argument("-o", dest="output", required=True, help="output folder of full-size case_XXXXX.nii.gz")
+    parser.add_argument("--ref", default=None, help="CT file/folder whose headers must match (checked)")
+    parser.add_argument("--fine", default=None,
+                        help="folder of stage 222 ROI predictions: combine with -i (stage 223) like kits predict")
 
 
 def run_paste_rois(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`kits paste-rois` is not implemented yet")
+    from kits_plugins.inference.stage_io import paste_rois
+
+    written = paste_rois(args.input, args.crops, args.output, ref=args.ref, fine_dir=args.fine)
+    print(f"kits paste-rois: {len(written)} label map(s) written to {args.output}")
+    return 0

@@ -1,0 +1,334 @@
+"""The coarse-to-fine cascade predictor: raw CT -> KiTS label map (0 background, 1 kidney, 2 tumor, 3 cyst).
+
+Per case, the CT is read once (SimpleITK, file order, exact header) and kept as float32:
+
+1. coarse kidney+masses mask: stage 221 (3d_lowres) on the full CT;
+2. ROIs: :func:`kits_plugins.utilities.roi.roi_boxes` on that mask in file order with the file spacing,
+   exactly as ``kits derive-stages`` crops the training data (per kidney, margin in mm, merged when
+   overlapping, clamped at the border);
+3. per ROI: fine kidney+masses mask (stage 222), then masses and tumor (stage 223) from two channels,
+   the CT crop and that mask (float32 0/1), then :func:`combine_stage_outputs`;
+4. paste the ROI labels into a full-size uint8 map, postprocess, write with the input header.
+
+Every stage is a stock ``nnUNetPredictor`` (one per stage, loaded once, reused for all cases and ROIs)
+called through ``predict_single_npy_array``: nnU-Net does the preprocessing, sliding window, mirroring
+and resampling; no worker process is spawned per ROI. Arrays are handed to nnU-Net in the order its
+``NibabelIOWithReorient`` reader produces (see ``kits_plugins.utilities.orientation``) and mapped back.
+Only ROI-sized probabilities of the fine stages ever exist.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kits_plugins.constants import (
+    CYST,
+    DEFAULT_MARGIN_MM,
+    DEFAULT_MIN_ROI_VOLUME_MM3,
+    FILE_ENDING,
+    KIDNEY,
+    TUMOR,
+)
+from kits_plugins.utilities import roi
+from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_image, read_label, write_image
+from kits_plugins.utilities.orientation import Reorientation
+
+EMPTY_MASK_POLICIES = ("zeros", "whole")
+TIMING_KEYS = ("read", "coarse", "fine", "masses", "postprocess", "write")
+
+
+def combine_stage_outputs(fine_mask: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """Final labels of one ROI from the fine kidney+masses mask (222) and the masses label map (223).
+
+    Kidney (1) wherever the fine mask is set; tumor (2) and cyst (3) from stage 223 where it predicts
+    them *inside* the fine mask. Masses outside the fine mask are dropped: stage 222 is the model trained
+    for the kidney+masses extent (the kidney_and_mass HEC), 223 only subdivides it, and a mass must lie
+    in a kidney. Any other value 223 may return (e.g. a kidney region) stays kidney.
+    """
+    if fine_mask.shape != masses.shape:
+        raise ValueError(f"fine mask {fine_mask.shape} and masses {masses.shape} differ in shape")
+    fine_mask = fine_mask.astype(bool, copy=False)
+    out = fine_mask.astype(np.uint8) * np.uint8(KIDNEY)
+    lesion = fine_mask & ((masses == TUMOR) | (masses == CYST))
+    out[lesion] = masses[lesion]
+    return out
+
+
+@dataclass
+class CascadeResult:
+    """Label map (file order, uint8) of one case and what it took to get it."""
+
+    segmentation: np.ndarray
+    boxes: list[roi.Box]
+    timings: dict[str, float]
+    fallback: str | None = None
+    probabilities: list[dict] = field(default_factory=list)  # per ROI, only with save_probabilities
+
+    def info(self, case: str | None = None) -> dict:
+        shape = self.segmentation.shape
+        return {
+            "case": case,
+            **{k: round(self.timings.get(k, 0.0), 3) for k in TIMING_KEYS},
+            "total": round(sum(self.timings.get(k, 0.0) for k in TIMING_KEYS), 3),
+            "n_rois": len(self.boxes),
+            "boxes": self.boxes,
+            "roi_fraction": round(sum(roi.box_volume(b) for b in self.boxes) / float(np.prod(shape)), 5),
+            "fallback": self.fallback,
+        }
+
+
+def timing_line(info: dict) -> str:
+    """One readable line per case: seconds per step, ROIs and the share of the volume they cover."""
+    steps = " ".join(f"{k} {info[k]:.1f}s" for k in TIMING_KEYS)
+    extra = f" [{info['fallback']}]" if info.get("fallback") else ""
+    return (
+        f"{info['case']}: {steps} | total {info['total']:.1f}s, {info['n_rois']} ROI(s) "
+        f"= {100 * info['roi_fraction']:.1f}% of the volume{extra}"
+    )
+
+
+def _predict(predictor, image_nn: np.ndarray, spacing_nn: Sequence[float], probabilities: bool):
+    """One nnU-Net prediction of a (c, z, y, x) float32 array in nnU-Net order; label map (+ probabilities)."""
+    props = {"spacing": [float(s) for s in spacing_nn]}  # nnU-Net adds keys to this dict: fresh each call
+    return predictor.predict_single_npy_array(image_nn, props, None, None, probabilities)
+
+
+class KiTSCascadePredictor:
+    """Three stock ``nnUNetPredictor`` objects (221 coarse, 222 fine, 223 masses) run as one cascade.
+
+    ``coarse`` may be None when every case gets an explicit coarse mask (the "oracle" mode used by tests
+    and the benchmark). ``on_empty_mask`` decides what happens when the coarse mask is empty:
+    ``"zeros"`` (default) warns and returns an all-zero label map; ``"whole"`` warns and runs the fine
+    stages on the whole image as one ROI (slow and memory hungry on big scans, the fine models never saw
+    whole scans in training).
+    """
+
+    def __init__(
+        self,
+        coarse,
+        fine,
+        masses,
+        margin_mm: float = DEFAULT_MARGIN_MM,
+        min_roi_volume_mm3: float = DEFAULT_MIN_ROI_VOLUME_MM3,
+        postprocess: bool = True,
+        min_volume_mm3: dict | None = None,
+        on_empty_mask: str = "zeros",
+        save_probabilities: bool = False,
+    ):
+        if on_empty_mask not in EMPTY_MASK_POLICIES:
+            raise ValueError(f"on_empty_mask must be one of {EMPTY_MASK_POLICIES}, got {on_empty_mask!r}")
+        self.coarse, self.fine, self.masses = coarse, fine, masses
+        self.margin_mm = margin_mm
+        self.min_roi_volume_mm3 = min_roi_volume_mm3
+        self.postprocess = postprocess
+        self.min_volume_mm3 = min_volume_mm3
+        self.on_empty_mask = on_empty_mask
+        self.save_probabilities = save_probabilities
+
+    @classmethod
+    def from_results(
+        cls,
+        models: dict | None = None,
+        results: str | os.PathLike | None = None,
+        device: str = "cpu",
+        step_size: float = 0.5,
+        use_mirroring: bool = True,
+        load_coarse: bool = True,
+        **kwargs,
+    ) -> KiTSCascadePredictor:
+        """Load the three stage models from ``$nnUNet_results`` (or ``results``).
+
+        ``models``: ``{"coarse"|"fine"|"masses": StageModel}`` (see
+        :func:`kits_plugins.inference.model_discovery.stage_models`); defaults for missing stages.
+        ``load_coarse=False`` skips stage 221 (oracle coarse masks). Other keywords go to ``__init__``.
+        """
+        from kits_plugins.inference.model_discovery import DEFAULT_STAGE_MODELS, load_stage_predictor
+
+        models = {**DEFAULT_STAGE_MODELS, **(models or {})}
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise KitsInputError("-device cuda: no CUDA device is available (use -device cpu)")
+        common = dict(results=results, device=device, step_size=step_size, use_mirroring=use_mirroring)
+        coarse = load_stage_predictor(models["coarse"], **common) if load_coarse else None
+        fine = load_stage_predictor(models["fine"], **common)
+        masses = load_stage_predictor(models["masses"], **common)
+        return cls(coarse, fine, masses, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------- arrays
+    def coarse_mask(self, ct: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """Stage 221 on the full CT (file order in, file-order bool mask out)."""
+        if self.coarse is None:
+            raise KitsInputError("no coarse model loaded and no coarse mask given")
+        r = Reorientation.from_geometry(geometry)
+        seg_nn = _predict(self.coarse, r.to_nnunet(ct)[None], r.spacing_to_nnunet(geometry.spacing_np), False)
+        return r.from_nnunet(seg_nn) > 0
+
+    def predict_array(
+        self, ct: np.ndarray, geometry: Geometry, coarse_mask: np.ndarray | None = None
+    ) -> CascadeResult:
+        """Cascade on a CT array in file order (SimpleITK numpy order) with its header; no file I/O.
+
+        ``coarse_mask`` (file order, any dtype, foreground > 0) replaces stage 221 when given.
+        """
+        if ct.shape != geometry.shape:
+            raise ValueError(f"CT shape {ct.shape} does not match geometry {geometry.shape}")
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        if coarse_mask is None:
+            coarse_mask = self.coarse_mask(ct, geometry)
+        elif coarse_mask.shape != ct.shape:
+            raise KitsInputError(f"coarse mask shape {coarse_mask.shape} differs from CT shape {ct.shape}")
+        spacing = geometry.spacing_np
+        boxes = roi.roi_boxes(coarse_mask > 0, spacing, self.margin_mm, self.min_roi_volume_mm3)
+        del coarse_mask
+        timings["coarse"] = time.perf_counter() - t
+
+        fallback = None
+        if not boxes:
+            if self.on_empty_mask == "zeros":
+                fallback = "empty coarse mask: all-zero label map"
+            else:
+                fallback = "empty coarse mask: fine stages on the whole image"
+                boxes = [[[0, n] for n in ct.shape]]
+            warnings.warn(fallback, RuntimeWarning, stacklevel=2)
+
+        r = Reorientation.from_geometry(geometry)
+        spacing_nn = r.spacing_to_nnunet(spacing)
+        seg = np.zeros(ct.shape, dtype=np.uint8)
+        probabilities = []
+        timings["fine"] = timings["masses"] = 0.0
+        for k, box in enumerate(boxes):
+            labels_nn, probs = self._predict_roi(r.to_nnunet(roi.crop(ct, box)), spacing_nn, timings)
+            roi.paste(seg, r.from_nnunet(labels_nn), box)
+            if probs is not None:
+                probabilities.append({"roi": k, "box": box, **{name: r.from_nnunet(p) for name, p in probs.items()}})
+
+        if self.postprocess:
+            t = time.perf_counter()
+            seg = self._postprocess(seg, spacing)
+            timings["postprocess"] = time.perf_counter() - t
+        return CascadeResult(seg, boxes, timings, fallback, probabilities)
+
+    def _predict_roi(self, ct_nn: np.ndarray, spacing_nn: Sequence[float], timings: dict[str, float]):
+        """Stages 222 and 223 on one ROI in nnU-Net order; combined labels (+ float16 probabilities)."""
+        t = time.perf_counter()
+        want = self.save_probabilities
+        out = _predict(self.fine, ct_nn[None], spacing_nn, want)
+        fine_seg, fine_prob = out if want else (out, None)
+        fine_mask = fine_seg > 0
+        del fine_seg
+        timings["fine"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        probs = None
+        if fine_mask.any():
+            image = np.stack([ct_nn.astype(np.float32, copy=False), fine_mask.astype(np.float32)])
+            out = _predict(self.masses, image, spacing_nn, want)
+            masses_seg, masses_prob = out if want else (out, None)
+            del image
+            labels = combine_stage_outputs(fine_mask, masses_seg)
+            if want:
+                probs = {"fine": fine_prob.astype(np.float16), "masses": masses_prob.astype(np.float16)}
+        else:  # nothing for 223 to subdivide
+            labels = np.zeros(fine_mask.shape, dtype=np.uint8)
+            if want:
+                probs = {"fine": fine_prob.astype(np.float16), "masses": None}
+        timings["masses"] += time.perf_counter() - t
+        return labels, probs
+
+    def _postprocess(self, seg: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        try:
+            from kits_plugins.postprocessing.remove_components import postprocess_segmentation
+        except ImportError as e:  # the postprocessing module is built by another issue
+            warnings.warn(f"postprocessing unavailable ({e}); writing the raw cascade output", RuntimeWarning, stacklevel=3)
+            return seg
+        return postprocess_segmentation(seg, tuple(spacing), self.min_volume_mm3, remove_outside_kidney=True)
+
+    # ------------------------------------------------------------------------------------------------ files
+    def predict_case(
+        self,
+        ct_path: str | os.PathLike,
+        out_path: str | os.PathLike,
+        coarse_mask_path: str | os.PathLike | None = None,
+        case: str | None = None,
+    ) -> dict:
+        """Read the CT once, run the cascade, write ``out_path`` with the CT's exact header; info dict."""
+        t = time.perf_counter()
+        ct, g = read_image(ct_path, np.float32)
+        mask = None
+        if coarse_mask_path is not None:
+            mask, mg = read_label(coarse_mask_path, max_label=255)
+            if mg.size != g.size:
+                raise KitsInputError(f"{coarse_mask_path}: size {mg.size} differs from CT {ct_path} {g.size}")
+        read_s = time.perf_counter() - t
+        result = self.predict_array(ct, g, mask)
+        del ct, mask
+        result.timings["read"] = read_s
+        t = time.perf_counter()
+        write_image(result.segmentation, g, out_path)
+        if result.probabilities:
+            self._write_probabilities(Path(out_path).parent, case or Path(out_path).name[: -len(FILE_ENDING)], result, g)
+        result.timings["write"] = time.perf_counter() - t
+        return result.info(case)
+
+    @staticmethod
+    def _write_probabilities(out_dir: Path, case: str, result: CascadeResult, g: Geometry) -> None:
+        """``<case>_roiK.npz``: float16 ``fine`` (222 softmax) and ``masses`` (223 region sigmoids, absent if
+        the fine mask was empty) probabilities of the ROI in file order, its ``box`` and source header."""
+        import json
+
+        from kits_plugins.inference.stage_io import crop_id
+
+        for p in result.probabilities:
+            arrays = {k: v for k, v in p.items() if k in ("fine", "masses") and v is not None}
+            np.savez(
+                out_dir / f"{crop_id(case, p['roi'])}.npz",
+                box=np.asarray(p["box"], dtype=np.int64),
+                source_geometry=np.asarray(json.dumps(g.to_dict())),
+                **arrays,
+            )
+
+    def predict(
+        self,
+        inputs: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        coarse_masks: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> list[dict]:
+        """Every case of ``inputs`` (file, folder, KiTS layout) -> ``output_dir/case_XXXXX.nii.gz``.
+
+        ``coarse_masks``: a folder of ``case_XXXXX.nii.gz`` masks used instead of stage 221 (oracle mode).
+        With ``save_probabilities`` a ``crops.json`` next to the npz files records every ROI box.
+        """
+        from tqdm import tqdm
+
+        from kits_plugins.inference.stage_io import crop_entry, crop_id, find_ct_inputs, mask_file, write_crops_json
+        from kits_plugins.utilities.image_io import read_geometry
+
+        cases = find_ct_inputs(inputs)
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        infos, crops, geoms = [], {}, {}
+        bar = tqdm(cases, desc="kits predict", unit="case", disable=not progress)
+        for case, ct_path in bar:
+            bar.set_postfix_str(case)
+            mask_path = mask_file(Path(coarse_masks), case) if coarse_masks is not None else None
+            info = self.predict_case(ct_path, output_dir / f"{case}{FILE_ENDING}", mask_path, case)
+            infos.append(info)
+            tqdm.write(timing_line(info))
+            if self.save_probabilities:
+                g = read_geometry(ct_path)
+                geoms[case] = g.to_dict()
+                crops.update({crop_id(case, k): crop_entry(case, b, g) for k, b in enumerate(info["boxes"])})
+        if self.save_probabilities:
+            write_crops_json(output_dir / "crops.json", crops, geoms)
+        return infos
