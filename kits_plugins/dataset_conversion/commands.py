@@ -3,19 +3,83 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from kits_plugins.constants import DEFAULT_MARGIN_MM, DEFAULT_MIN_ROI_VOLUME_MM3, RAW_DATASET_ID
+
+
+def _default_processes() -> int:
+    return max(1, int(os.environ.get("nnUNet_def_n_proc", "1")))
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--raw", default=None, metavar="DIR", help="nnU-Net raw folder (default: $nnUNet_raw)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing datasets")
+    parser.add_argument(
+        "-np", "--num-processes", dest="num_processes", type=int, default=_default_processes(),
+        help="worker processes (default: $nnUNet_def_n_proc or 1)",
+    )
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("kits_dir", metavar="KITS_DIR", help="kits23 layout: case_XXXXX/imaging.nii.gz + segmentation.nii.gz")
+    parser.add_argument("-d", "--dataset-id", type=int, default=RAW_DATASET_ID, help="nnU-Net dataset id (default 220)")
+    parser.add_argument("--skip-invalid", action="store_true", help="convert the valid cases and list the others")
+    _add_common(parser)
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`kits convert` is not implemented yet")
+    from kits_plugins.dataset_conversion.convert_kits23 import convert_kits23
+
+    target, skipped = convert_kits23(
+        args.kits_dir, args.dataset_id, args.raw, args.overwrite, args.skip_invalid, args.num_processes
+    )
+    for c in skipped:
+        print(f"skipped {c.error}")
+    print(f"wrote {target}" + (f" ({len(skipped)} case(s) skipped)" if skipped else ""))
+    return 0
 
 
 def add_derive_stages_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("-d", "--dataset-id", type=int, default=RAW_DATASET_ID, help="source dataset id (default 220)")
+    parser.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM, help="ROI margin around each kidney (mm)")
+    parser.add_argument(
+        "--jitter-mm", type=float, default=None,
+        help="extra margin per side, uniform in [0, J] mm, for training crops (default 10 from ground truth, "
+        "0 with --from-predictions)",
+    )
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the jitter (per case, order-independent)")
+    parser.add_argument(
+        "--min-volume-mm3", type=float, default=DEFAULT_MIN_ROI_VOLUME_MM3,
+        help="kidney components below this volume get no ROI of their own (the largest always does)",
+    )
+    parser.add_argument(
+        "--from-predictions", default=None, metavar="DIR",
+        help="coarse predictions case_XXXXX.nii.gz (binary or KiTS labels, e.g. 5-fold cross-validation) giving "
+        "the ROIs and 223's mask channel; labels still come from the ground truth",
+    )
+    parser.add_argument(
+        "--stages", type=int, nargs="+", default=None, choices=(221, 222, 223),
+        help="datasets to build (default 221 222 223; 222 223 with --from-predictions)",
+    )
+    _add_common(parser)
 
 
 def run_derive_stages(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`kits derive-stages` is not implemented yet")
+    from kits_plugins.dataset_conversion.derive_stages import derive_stages
+
+    written = derive_stages(
+        dataset_id=args.dataset_id,
+        raw=args.raw,
+        margin_mm=args.margin_mm,
+        jitter_mm=args.jitter_mm,
+        seed=args.seed,
+        min_volume_mm3=args.min_volume_mm3,
+        overwrite=args.overwrite,
+        from_predictions=args.from_predictions,
+        stages=args.stages,
+        num_processes=args.num_processes,
+    )
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,163 @@
+"""``crops.json``: where every ROI crop of a derived dataset came from, and exact paste-back.
+
+Each derived dataset with crops (222, 223) holds a ``crops.json`` next to its ``dataset.json``. For every
+crop id (``case_00001_roi0``) it records the source case, the source image (path relative to the derived
+dataset folder), the half-open box in file numpy order (SimpleITK order), the source shape and the source
+header (``Geometry.to_dict()``), and the margin used. With that record a crop prediction can be pasted
+back into an array of the source shape and written with the source header, voxel- and header-exact.
+
+The cascade predictor and ``kits paste-rois`` reuse :func:`load_crops_json`, :func:`paste_back` and
+:func:`crop_geometry`; :func:`box_to_nnunet` maps a box into the axis order nnU-Net's
+``NibabelIOWithReorient`` reader uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kits_plugins.utilities.image_io import Geometry, KitsInputError
+from kits_plugins.utilities.orientation import Reorientation
+from kits_plugins.utilities.roi import Box, box_shape, paste
+
+CROPS_JSON = "crops.json"
+FORMAT = "kits-cascade crops v1"
+
+
+@dataclass(frozen=True)
+class CropRecord:
+    """One ROI crop: its source case and image, its box in the source (file numpy order) and the source header."""
+
+    crop_id: str
+    case: str
+    image: str  # source image, relative to the folder holding crops.json
+    box: Box  # half-open [[start, stop], ...] in file numpy order
+    source_geometry: Geometry
+    margin_mm: float
+    extra: dict = field(default_factory=dict)  # e.g. jitter per side (mm), ROI source
+
+    @property
+    def source_shape(self) -> tuple[int, int, int]:
+        return self.source_geometry.shape
+
+    @property
+    def start(self) -> tuple[int, ...]:
+        return tuple(int(a) for a, _ in self.box)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return box_shape(self.box)
+
+    def to_dict(self) -> dict:
+        return {
+            "case": self.case,
+            "image": self.image,
+            "box": [[int(a), int(b)] for a, b in self.box],
+            "source_shape": list(self.source_shape),
+            "source_geometry": self.source_geometry.to_dict(),
+            "margin_mm": float(self.margin_mm),
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, crop_id: str, d: Mapping) -> CropRecord:
+        known = {"case", "image", "box", "source_shape", "source_geometry", "margin_mm"}
+        geometry = Geometry.from_dict(d["source_geometry"])
+        box = [[int(a), int(b)] for a, b in d["box"]]
+        if tuple(int(s) for s in d["source_shape"]) != geometry.shape:
+            raise ValueError(f"{crop_id}: source_shape {d['source_shape']} disagrees with the geometry {geometry.shape}")
+        if len(box) != 3 or any(a < 0 or b > n or a >= b for (a, b), n in zip(box, geometry.shape)):
+            raise ValueError(f"{crop_id}: box {box} does not lie inside the source shape {geometry.shape}")
+        return cls(
+            crop_id=crop_id,
+            case=str(d["case"]),
+            image=str(d["image"]),
+            box=box,
+            source_geometry=geometry,
+            margin_mm=float(d["margin_mm"]),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+def crop_geometry(record: CropRecord) -> Geometry:
+    """Header of the crop file: same spacing and direction, origin at the physical point of its first voxel."""
+    return record.source_geometry.with_size(record.shape, record.start)
+
+
+def paste_back(
+    crop_array: np.ndarray, record: CropRecord, out: np.ndarray | None = None, fill: int | float = 0
+) -> np.ndarray:
+    """Put ``crop_array`` (file numpy order, optional leading channel axes) back at its box in the source.
+
+    Without ``out`` a new array of the source shape filled with ``fill`` (dtype of the crop) is returned;
+    with ``out`` the crop is written into it in place (paste several ROIs of one case into one array).
+    """
+    spatial = tuple(crop_array.shape[-3:])
+    if spatial != record.shape:
+        raise ValueError(f"{record.crop_id}: crop of shape {spatial} does not match its box {record.box}")
+    if out is None:
+        out = np.full(tuple(crop_array.shape[:-3]) + record.source_shape, fill, dtype=crop_array.dtype)
+    elif tuple(out.shape[-3:]) != record.source_shape:
+        raise ValueError(f"{record.crop_id}: target shape {out.shape} is not the source shape {record.source_shape}")
+    return paste(out, crop_array, record.box)
+
+
+def box_to_nnunet(box: Box, reorientation: Reorientation, shape_np: Sequence[int]) -> Box:
+    """The same voxels' box in nnU-Net's (NibabelIOWithReorient) axis order, for an image of file shape ``shape_np``."""
+    out: list[list[int] | None] = [None, None, None]
+    for (a, b), n, (target, flipped) in zip(box, shape_np, reorientation.axis_map):
+        out[target] = [int(n) - int(b), int(n) - int(a)] if flipped else [int(a), int(b)]
+    return out  # type: ignore[return-value]
+
+
+def crops_json_dict(records: Sequence[CropRecord], **metadata) -> dict:
+    """The JSON document: ``format``, run metadata (margin, jitter, seed, ROI source, ...) and ``crops``."""
+    return {"format": FORMAT, **metadata, "crops": {r.crop_id: r.to_dict() for r in records}}
+
+
+def save_crops_json(path: str | os.PathLike, records: Sequence[CropRecord], **metadata) -> None:
+    """Write crops.json atomically (temporary file + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(crops_json_dict(records, **metadata), f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_crops_json(path: str | os.PathLike) -> dict[str, CropRecord]:
+    """Crop id -> :class:`CropRecord`, checked (boxes inside their source). ``path`` is the file or its folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CROPS_JSON
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise KitsInputError(f"{path}: crops.json not found") from None
+    except json.JSONDecodeError as e:
+        raise KitsInputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or "crops" not in doc:
+        raise KitsInputError(f"{path}: not a crops.json (no 'crops' entry)")
+    try:
+        return {cid: CropRecord.from_dict(cid, d) for cid, d in doc["crops"].items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise KitsInputError(f"{path}: bad crop record ({e})") from None
+
+
+def records_by_case(records: Mapping[str, CropRecord]) -> dict[str, list[CropRecord]]:
+    """Group crop records by source case (crop ids in sorted order)."""
+    out: dict[str, list[CropRecord]] = {}
+    for cid in sorted(records):
+        out.setdefault(records[cid].case, []).append(records[cid])
+    return out
