@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from kits_plugins.constants import FILE_ENDING, MAX_LABEL, RAW_DATASET_NAME
 from kits_plugins.dataset_conversion.layout import (
     RAW_LABELS,
