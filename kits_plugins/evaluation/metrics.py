@@ -88,16 +88,16 @@ def foreground_box(*arrays: np.ndarray) -> Box | None:
     return tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
-@functools.lru_cache(maxsize=64)
-def _hec_lut(labels: tuple[int, ...]) -> np.ndarray:
-    lut = np.zeros(MAX_LABEL + 1, dtype=bool)
-    lut[list(labels)] = True
-    return lut
-
-
 def hec_mask(labels: np.ndarray, hec: str) -> np.ndarray:
-    """Boolean mask of one HEC (labels must lie in 0..3)."""
-    return _hec_lut(tuple(HEC_LABELS[hec]))[labels]
+    """Boolean mask of one HEC; ``labels`` must lie in 0..3 (HECs are label ranges, so two comparisons at most)."""
+    values = sorted(HEC_LABELS[hec])
+    lo, hi = values[0], values[-1]
+    if values != list(range(lo, hi + 1)):
+        return np.isin(labels, values)
+    mask = labels >= lo
+    if hi < MAX_LABEL:
+        mask &= labels <= hi
+    return mask
 
 
 @functools.lru_cache(maxsize=64)
