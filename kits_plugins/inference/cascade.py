@@ -45,7 +45,8 @@ TIMING_KEYS = ("read", "coarse", "fine", "masses", "postprocess", "write")
 
 
 def combine_stage_outputs(fine_mask: np.ndarray, masses: np.ndarray) -> np.ndarray:
-    """Final labels of one ROI from the fine kidney+masses mask (222) and the masses label map (223).
+    """Final labels of one ROI from the fine kidney+masses mask (222) and the masses map (223, in KiTS
+    values 2 tumor / 3 cyst, see :func:`masses_label_lut`).
 
     Kidney (1) wherever the fine mask is set; tumor (2) and cyst (3) from stage 223 where it predicts
     them *inside* the fine mask. Masses outside the fine mask are dropped: stage 222 is the model trained
@@ -59,6 +60,27 @@ def combine_stage_outputs(fine_mask: np.ndarray, masses: np.ndarray) -> np.ndarr
     lesion = fine_mask & ((masses == TUMOR) | (masses == CYST))
     out[lesion] = masses[lesion]
     return out
+
+
+def masses_label_lut(labels: dict) -> np.ndarray:
+    """Lookup table: stage-223 label value -> KiTS label (0, 2 tumor, 3 cyst), from its dataset.json labels.
+
+    The value of ``tumor`` becomes 2, a ``cyst`` label or the other values of the ``masses`` region
+    become 3, anything else 0. Covers the derive-stages encoding (``masses (1, 2)``, ``tumor 1``,
+    regions_class_order ``(2, 1)``: 1 tumor, 2 cyst) and KiTS-valued encodings (``masses [2, 3]``, ``tumor 2``).
+    """
+
+    def values(v) -> list[int]:
+        return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
+
+    if "tumor" not in labels:
+        raise KitsInputError(f"stage 223 dataset.json labels {labels} have no 'tumor' entry")
+    tumor = values(labels["tumor"])
+    cyst = values(labels["cyst"]) if "cyst" in labels else [v for v in values(labels.get("masses", [])) if v not in tumor]
+    lut = np.zeros(max([*tumor, *cyst, 0]) + 1, dtype=np.uint8)
+    lut[cyst] = CYST
+    lut[tumor] = TUMOR
+    return lut
 
 
 @dataclass
@@ -131,6 +153,7 @@ class KiTSCascadePredictor:
         self.min_volume_mm3 = min_volume_mm3
         self.on_empty_mask = on_empty_mask
         self.save_probabilities = save_probabilities
+        self._masses_lut = masses_label_lut(masses.dataset_json["labels"]) if masses is not None else None
 
     @classmethod
     def from_results(
@@ -235,7 +258,7 @@ class KiTSCascadePredictor:
             out = _predict(self.masses, image, spacing_nn, want)
             masses_seg, masses_prob = out if want else (out, None)
             del image
-            labels = combine_stage_outputs(fine_mask, masses_seg)
+            labels = combine_stage_outputs(fine_mask, self._masses_lut[masses_seg])
             if want:
                 probs = {"fine": fine_prob.astype(np.float16), "masses": masses_prob.astype(np.float16)}
         else:  # nothing for 223 to subdivide
@@ -251,7 +274,10 @@ class KiTSCascadePredictor:
         except ImportError as e:  # the postprocessing module is built by another issue
             warnings.warn(f"postprocessing unavailable ({e}); writing the raw cascade output", RuntimeWarning, stacklevel=3)
             return seg
-        return postprocess_segmentation(seg, tuple(spacing), self.min_volume_mm3, remove_outside_kidney=True)
+        import inspect
+
+        extra = {"in_place": True} if "in_place" in inspect.signature(postprocess_segmentation).parameters else {}
+        return postprocess_segmentation(seg, tuple(spacing), self.min_volume_mm3, remove_outside_kidney=True, **extra)
 
     # ------------------------------------------------------------------------------------------------ files
     def predict_case(
@@ -311,13 +337,13 @@ class KiTSCascadePredictor:
         """
         from tqdm import tqdm
 
-        from kits_plugins.inference.stage_io import crop_entry, crop_id, find_ct_inputs, mask_file, write_crops_json
+        from kits_plugins.inference.stage_io import crop_record, find_ct_inputs, mask_file, write_crops_json
         from kits_plugins.utilities.image_io import read_geometry
 
         cases = find_ct_inputs(inputs)
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        infos, crops, geoms = [], {}, {}
+        infos, records, geoms = [], [], {}
         bar = tqdm(cases, desc="kits predict", unit="case", disable=not progress)
         for case, ct_path in bar:
             bar.set_postfix_str(case)
@@ -326,9 +352,9 @@ class KiTSCascadePredictor:
             infos.append(info)
             tqdm.write(timing_line(info))
             if self.save_probabilities:
-                g = read_geometry(ct_path)
-                geoms[case] = g.to_dict()
-                crops.update({crop_id(case, k): crop_entry(case, b, g) for k, b in enumerate(info["boxes"])})
+                g = geoms[case] = read_geometry(ct_path)
+                rel = os.path.relpath(ct_path, output_dir)
+                records += [crop_record(case, k, b, g, rel, self.margin_mm) for k, b in enumerate(info["boxes"])]
         if self.save_probabilities:
-            write_crops_json(output_dir / "crops.json", crops, geoms)
+            write_crops_json(output_dir / "crops.json", records, geoms)
         return infos

@@ -6,14 +6,16 @@
 ``kits derive-stages``, and every crop keeps the source spacing and direction with the origin of its
 first voxel, so pasting back restores the source header exactly.
 
-``crops.json`` schema (shared with ``derive-stages``)::
+``crops.json`` is the ``derive-stages`` format (read and written with
+``kits_plugins.dataset_conversion.crops_json``)::
 
-    {"crops": {"case_00001_roi0": {"case": "case_00001", "box": [[z0, z1], [y0, y1], [x0, x1]],
-                                   "source_shape": [Z, Y, X], "source_geometry": Geometry.to_dict()}},
+    {"format": ..., "crops": {"case_00001_roi0": {"case": "case_00001", "image": <source CT, relative>,
+        "box": [[z0, z1], [y0, y1], [x0, x1]], "source_shape": [Z, Y, X],
+        "source_geometry": Geometry.to_dict(), "margin_mm": 15.0}},
      "cases": {"case_00001": Geometry.to_dict()}}
 
-``cases`` (written by ``crop-rois``) also lists cases without any ROI, so their empty label map can be
-written by ``paste-rois``.
+``cases`` (written here) also lists cases without any ROI, so ``paste-rois`` writes their (empty) label
+map too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,6 +30,15 @@ import numpy as np
 from tqdm import tqdm
 
 from kits_plugins.constants import FILE_ENDING
+from kits_plugins.dataset_conversion.crops_json import (
+    CROPS_JSON,
+    CropRecord,
+    crop_geometry,
+    load_crops_json,
+    paste_back,
+    records_by_case,
+    save_crops_json,
+)
 from kits_plugins.utilities import roi
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_image, read_label, write_image
 
@@ -82,58 +92,31 @@ def crop_id(case: str, k: int) -> str:
     return f"{case}_roi{k}"
 
 
-def crop_entry(case: str, box: roi.Box, geometry: Geometry) -> dict:
-    return {
-        "case": case,
-        "box": [[int(a), int(b)] for a, b in box],
-        "source_shape": list(geometry.shape),
-        "source_geometry": geometry.to_dict(),
-    }
+def crop_record(case: str, k: int, box: roi.Box, geometry: Geometry, image: str, margin_mm: float) -> CropRecord:
+    """The derive-stages record of ROI ``k`` of ``case`` (``image``: source path relative to crops.json)."""
+    return CropRecord(crop_id(case, k), case, image, [[int(a), int(b)] for a, b in box], geometry, float(margin_mm))
 
 
-def write_crops_json(path: str | os.PathLike, crops: dict[str, dict], cases: dict[str, dict] | None = None) -> None:
-    """Write ``crops.json`` atomically (see module docstring for the schema)."""
+def write_crops_json(path: str | os.PathLike, records: Iterable[CropRecord], cases: dict[str, Geometry]) -> None:
+    """``crops.json`` in the derive-stages format plus ``cases`` (every case's header, ROIs or not)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data: dict = {"crops": crops}
-    if cases is not None:
-        data["cases"] = cases
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    save_crops_json(path, list(records), cases={c: g.to_dict() for c, g in sorted(cases.items())})
 
 
-def load_crops_json(path: str | os.PathLike) -> dict:
-    """Read and check ``crops.json``; returns ``{"crops": {...}, "cases": {case: geometry dict}}``.
+def load_crops(path: str | os.PathLike) -> tuple[dict[str, CropRecord], dict[str, Geometry]]:
+    """Crop records (checked by the dataset_conversion loader) and the header of every case.
 
-    ``cases`` is filled from the crops when the file has none (as written by ``derive-stages``).
+    Cases come from the ``cases`` entry written by ``crop-rois`` / ``kits predict --save-probabilities``,
+    else from the records (a ``derive-stages`` crops.json lists only cases with ROIs).
     """
+    records = load_crops_json(path)
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise KitsInputError(f"{path}: cannot read crops.json ({e})") from None
-    crops = data.get("crops") if isinstance(data, dict) else None
-    if not isinstance(crops, dict):
-        raise KitsInputError(f"{path}: no 'crops' mapping")
-    cases = dict(data.get("cases") or {})
-    for cid, c in crops.items():
-        missing = {"case", "box", "source_geometry"} - set(c)
-        if missing:
-            raise KitsInputError(f"{path}: crop {cid} lacks {sorted(missing)}")
-        g = Geometry.from_dict(c["source_geometry"])
-        if len(c["box"]) != 3 or any(not (0 <= a < b <= n) for (a, b), n in zip(c["box"], g.shape)):
-            raise KitsInputError(f"{path}: crop {cid} box {c['box']} does not lie in source shape {g.shape}")
-        cases.setdefault(c["case"], c["source_geometry"])
-    return {"crops": crops, "cases": cases}
-
-
-def crops_by_case(crops: dict[str, dict]) -> dict[str, list[tuple[str, roi.Box]]]:
-    out: dict[str, list[tuple[str, roi.Box]]] = {}
-    for cid, c in sorted(crops.items()):
-        out.setdefault(c["case"], []).append((cid, c["box"]))
-    return out
+    doc = json.loads((path / CROPS_JSON if path.is_dir() else path).read_text())
+    cases = {c: Geometry.from_dict(g) for c, g in (doc.get("cases") or {}).items()}
+    for r in records.values():
+        cases.setdefault(r.case, r.source_geometry)
+    return records, cases
 
 
 def mask_file(mask_dir: Path, case: str) -> Path:
@@ -153,74 +136,71 @@ def crop_rois(
     with_mask_channel: bool = False,
     margin_mm: float = 15.0,
     min_roi_volume_mm3: float = 2000.0,
-) -> dict:
+) -> dict[str, CropRecord]:
     """Write ROI crops ``<crop_id>_0000.nii.gz`` (+ ``_0001`` binary mask channel) and ``crops.json``.
 
     Boxes come from the full-size masks in ``mask_dir`` (e.g. the coarse 221 prediction; foreground = any
     label > 0) or are reused from ``crops_json`` (so the 223 crops match the 222 crops exactly). The mask
     channel is the crop of the full-size mask, or, with ``roi_mask_dir``, the ROI-sized prediction
-    ``<crop_id>.nii.gz`` (e.g. the 222 output), checked to have the crop's header. Returns the crops dict.
+    ``<crop_id>.nii.gz`` (e.g. the 222 output), checked to have the crop's header. Returns the records.
     """
     out_dir = Path(out_dir)
     if (mask_dir is None) == (crops_json is None):
         raise KitsInputError("crop-rois: give exactly one of --mask (compute boxes) or --crops (reuse boxes)")
     if with_mask_channel and mask_dir is None and roi_mask_dir is None:
         raise KitsInputError("crop-rois: --with-mask-channel needs --mask or --roi-mask")
-    given = load_crops_json(crops_json) if crops_json is not None else None
-    by_case = crops_by_case(given["crops"]) if given else {}
+    given = load_crops(crops_json) if crops_json is not None else None
     cases = find_ct_inputs(ct_input)
     if given is not None:
-        unknown = sorted(set(given["cases"]) - {c for c, _ in cases})
+        unknown = sorted(set(given[1]) - {c for c, _ in cases})
         if unknown:
             raise KitsInputError(f"{crops_json}: cases without CT in {ct_input}: {unknown}")
-        cases = [(c, f) for c, f in cases if c in given["cases"]]
+        cases = [(c, f) for c, f in cases if c in given[1]]
+        by_case = records_by_case(given[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    crops: dict[str, dict] = {}
-    case_geoms: dict[str, dict] = {}
+    records: dict[str, CropRecord] = {}
+    geometries: dict[str, Geometry] = {}
     for case, ct_path in tqdm(cases, desc="crop-rois", unit="case"):
         ct, g = read_image(ct_path)
         mask = None
         if mask_dir is not None:
             mpath = mask_file(Path(mask_dir), case)
-            mask, mg = read_label(mpath, max_label=255)
+            mask, _ = read_label(mpath, max_label=255)
             if mask.shape != ct.shape:
                 raise KitsInputError(f"{mpath}: mask shape {mask.shape} differs from CT {ct_path} {ct.shape}")
             mask = mask > 0
         if given is not None:
-            expected = Geometry.from_dict(given["cases"][case])
-            if not g.matches(expected):
-                raise KitsInputError(f"{ct_path}: header differs from crops.json ({g.describe_mismatch(expected)})")
-            boxes = [(cid, box) for cid, box in by_case.get(case, [])]
+            if not g.matches(given[1][case]):
+                raise KitsInputError(f"{ct_path}: header differs from crops.json ({g.describe_mismatch(given[1][case])})")
+            case_records = [
+                CropRecord(r.crop_id, case, os.path.relpath(ct_path, out_dir), r.box, g, r.margin_mm)
+                for r in by_case.get(case, [])
+            ]
         else:
-            boxes = [(crop_id(case, k), b) for k, b in enumerate(roi.roi_boxes(mask, g.spacing_np, margin_mm, min_roi_volume_mm3))]
-        case_geoms[case] = g.to_dict()
-        for cid, box in boxes:
-            start = tuple(a for a, _ in box)
-            cg = g.with_size(roi.box_shape(box), start)
-            write_image(roi.crop(ct, box), cg, out_dir / f"{cid}_0000{FILE_ENDING}")
+            boxes = roi.roi_boxes(mask, g.spacing_np, margin_mm, min_roi_volume_mm3)
+            rel = os.path.relpath(ct_path, out_dir)
+            case_records = [crop_record(case, k, b, g, rel, margin_mm) for k, b in enumerate(boxes)]
+        geometries[case] = g
+        for r in case_records:
+            cg = crop_geometry(r)
+            write_image(roi.crop(ct, r.box), cg, out_dir / f"{r.crop_id}_0000{FILE_ENDING}")
             if with_mask_channel:
                 if roi_mask_dir is not None:
-                    rpath = Path(roi_mask_dir) / f"{cid}{FILE_ENDING}"
-                    if not rpath.is_file():
-                        raise KitsInputError(f"{rpath}: ROI mask for {cid} not found")
-                    channel, rg = read_label(rpath, max_label=255)
-                    if not rg.matches(cg):
-                        raise KitsInputError(f"{rpath}: header differs from crop {cid} ({rg.describe_mismatch(cg)})")
-                    channel = channel > 0
+                    rpath = Path(roi_mask_dir) / f"{r.crop_id}{FILE_ENDING}"
+                    channel = _read_roi_prediction(rpath, cg) > 0
                 else:
-                    channel = roi.crop(mask, box)
-                write_image(channel.astype(np.uint8), cg, out_dir / f"{cid}_0001{FILE_ENDING}")
-            crops[cid] = crop_entry(case, box, g)
-    write_crops_json(out_dir / "crops.json", crops, case_geoms)
-    return crops
+                    channel = roi.crop(mask, r.box)
+                write_image(channel.astype(np.uint8), cg, out_dir / f"{r.crop_id}_0001{FILE_ENDING}")
+            records[r.crop_id] = r
+    write_crops_json(out_dir / CROPS_JSON, records.values(), geometries)
+    return records
 
 
-def paste_roi_labels(shape: tuple[int, ...], patches: Iterable[tuple[roi.Box, np.ndarray]]) -> np.ndarray:
-    """Full-size uint8 label map, zero outside the boxes (boxes from ``roi_boxes`` never overlap)."""
-    seg = np.zeros(shape, dtype=np.uint8)
-    for box, patch in patches:
-        roi.paste(seg, patch.astype(np.uint8, copy=False), box)
-    return seg
+def default_masses_labels() -> dict:
+    """Labels of the 223 dataset as ``derive-stages`` writes them (used when no dataset.json is at hand)."""
+    from kits_plugins.dataset_conversion.layout import MASSES_LABELS
+
+    return dict(MASSES_LABELS)
 
 
 def paste_rois(
@@ -232,20 +212,26 @@ def paste_rois(
 ) -> list[Path]:
     """Paste per-ROI predictions ``<crop_id>.nii.gz`` into full-size label maps ``<case>.nii.gz``.
 
-    With ``fine_dir`` (the 222 ROI predictions) the two stages are combined as ``kits predict`` does
+    Without ``fine_dir`` the ROI values are pasted unchanged. With ``fine_dir`` (the 222 ROI predictions),
+    ``pred_dir`` holds the 223 predictions: they are decoded to KiTS values with the labels of
+    ``pred_dir/dataset.json`` (``nnUNetv2_predict`` copies it there; else derive-stages' encoding) and
+    combined with the fine mask as ``kits predict`` does
     (:func:`kits_plugins.inference.cascade.combine_stage_outputs`). The header is the source geometry
     from ``crops.json``; with ``ref`` (CT file/folder) it is checked against the reference CT header.
     Cases listed in ``crops.json`` without ROIs get an all-zero map.
     """
-    from kits_plugins.inference.cascade import combine_stage_outputs
+    from kits_plugins.inference.cascade import combine_stage_outputs, masses_label_lut
 
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
-    data = load_crops_json(crops_json)
-    by_case = crops_by_case(data["crops"])
+    records, cases = load_crops(crops_json)
+    by_case = records_by_case(records)
     refs = dict(find_ct_inputs(ref)) if ref is not None else {}
+    lut = None
+    if fine_dir is not None:
+        ds = pred_dir / "dataset.json"
+        lut = masses_label_lut(json.loads(ds.read_text())["labels"] if ds.is_file() else default_masses_labels())
     written = []
-    for case, gdict in tqdm(sorted(data["cases"].items()), desc="paste-rois", unit="case"):
-        g = Geometry.from_dict(gdict)
+    for case, g in tqdm(sorted(cases.items()), desc="paste-rois", unit="case"):
         if ref is not None:
             if case not in refs:
                 raise KitsInputError(f"{ref}: no reference CT for {case}")
@@ -253,16 +239,16 @@ def paste_rois(
             if not rg.matches(g):
                 raise KitsInputError(f"{refs[case]}: header differs from crops.json ({rg.describe_mismatch(g)})")
             g = rg
-        patches = []
-        for cid, box in by_case.get(case, []):
-            cg = g.with_size(roi.box_shape(box), tuple(a for a, _ in box))
-            patch = _read_roi_prediction(pred_dir / f"{cid}{FILE_ENDING}", cg)
+        seg = np.zeros(g.shape, dtype=np.uint8)
+        for r in by_case.get(case, []):
+            cg = crop_geometry(r)
+            patch = _read_roi_prediction(pred_dir / f"{r.crop_id}{FILE_ENDING}", cg)
             if fine_dir is not None:
-                fine = _read_roi_prediction(Path(fine_dir) / f"{cid}{FILE_ENDING}", cg)
-                patch = combine_stage_outputs(fine > 0, patch)
-            patches.append((box, patch))
+                fine = _read_roi_prediction(Path(fine_dir) / f"{r.crop_id}{FILE_ENDING}", cg)
+                patch = combine_stage_outputs(fine > 0, lut[np.minimum(patch, len(lut) - 1)])
+            paste_back(patch, r, out=seg)
         out = out_dir / f"{case}{FILE_ENDING}"
-        write_image(paste_roi_labels(g.shape, patches), g, out)
+        write_image(seg, g, out)
         written.append(out)
     return written
 
@@ -278,12 +264,3 @@ def _read_roi_prediction(path: Path, expected: Geometry) -> np.ndarray:
     return seg
 
 
-__all__ = [
-    "case_id_from_path",
-    "crop_rois",
-    "find_ct_inputs",
-    "load_crops_json",
-    "paste_roi_labels",
-    "paste_rois",
-    "write_crops_json",
-]

@@ -19,7 +19,12 @@ import pytest
 import torch
 
 from kits_plugins.inference import stage_io
-from kits_plugins.inference.cascade import KiTSCascadePredictor, combine_stage_outputs, timing_line
+from kits_plugins.inference.cascade import (
+    KiTSCascadePredictor,
+    combine_stage_outputs,
+    masses_label_lut,
+    timing_line,
+)
 from kits_plugins.inference.model_discovery import (
     ModelNotFoundError,
     StageModel,
@@ -63,7 +68,7 @@ STAGE_DEFS = {
     "fine": ("Dataset222_KiTS2023Kidney", "3d_fullres", [1.5, 1.5, 3.0], {"0": "CT"},
              {"background": 0, "kidney": 1}, None, [[0.0], [0.1]], [0.0, -10.0]),
     "masses": ("Dataset223_KiTS2023Masses", "3d_fullres", [1.5, 1.5, 3.0], {"0": "CT", "1": "mask"},
-               {"background": 0, "masses": [2, 3], "tumor": 2}, [3, 2],
+               {"background": 0, "masses": [1, 2], "tumor": 1}, [2, 1],  # derive-stages' encoding
                [[0.1, 100.0], [0.1, 100.0]], [-125.0, -135.0]),
 }
 
@@ -170,6 +175,8 @@ def _write_case(folder, case, ct, lab, g, kits_layout=False):
 
 
 def test_combine_stage_outputs_restricts_masses_to_fine_mask():
+    assert masses_label_lut({"background": 0, "masses": [1, 2], "tumor": 1}).tolist() == [0, 2, 3]
+    assert masses_label_lut({"background": 0, "masses": [2, 3], "tumor": 2}).tolist() == [0, 0, 2, 3]
     fine = np.array([0, 1, 1, 1, 0], bool)
     masses = np.array([2, 0, 2, 3, 3], np.uint8)
     assert combine_stage_outputs(fine, masses).tolist() == [0, 1, 2, 3, 0]
@@ -239,11 +246,11 @@ def test_kidney_at_border_and_oracle_mask_and_probabilities(results, tmp_path):
     out, og = read_label(tmp_path / "out" / "case_00003.nii.gz")
     assert og == g and np.array_equal(out, lab)
     assert infos[0]["boxes"][0][0][0] == 0  # the box is clamped at the border
-    crops = stage_io.load_crops_json(tmp_path / "out" / "crops.json")["crops"]
-    assert sorted(crops) == ["case_00003_roi0", "case_00003_roi1"]
+    crops, cases = stage_io.load_crops(tmp_path / "out" / "crops.json")
+    assert sorted(crops) == ["case_00003_roi0", "case_00003_roi1"] and cases["case_00003"] == g
     npz = np.load(tmp_path / "out" / "case_00003_roi0.npz")
     box = npz["box"].tolist()
-    assert box == crops["case_00003_roi0"]["box"]
+    assert box == crops["case_00003_roi0"].box
     assert npz["fine"].dtype == np.float16 and npz["fine"].shape == (2, *roi.box_shape(box))
     assert npz["masses"].shape == (2, *roi.box_shape(box))  # regions masses, tumor
     assert np.array_equal(npz["masses"][1] > 0.5, roi.crop(lab, box) == 2)
@@ -310,27 +317,29 @@ def test_crop_paste_round_trip_is_exact(tmp_path):
     # stage 222 input: CT crops with boxes from the (here: ground-truth) kidney mask
     assert main(["crop-rois", "-i", str(tmp_path / "ct"), "--mask", str(tmp_path / "gt"), "-o", str(tmp_path / "r222"),
                  "--margin-mm", "4.5", "--min-roi-volume-mm3", "50"]) == 0
-    crops = stage_io.load_crops_json(tmp_path / "r222" / "crops.json")
-    assert sorted(crops["crops"]) == ["case_00005_roi0", "case_00005_roi1"] and "case_00006" in crops["cases"]
-    for cid, c in crops["crops"].items():
+    crops, cases = stage_io.load_crops(tmp_path / "r222" / "crops.json")
+    assert sorted(crops) == ["case_00005_roi0", "case_00005_roi1"] and cases["case_00006"] == g
+    for cid, c in crops.items():
         crop, cg = read_image(tmp_path / "r222" / f"{cid}_0000.nii.gz")
-        assert np.array_equal(crop, roi.crop(ct, c["box"]))
-        assert cg == g.with_size(roi.box_shape(c["box"]), [a for a, _ in c["box"]])
+        assert np.array_equal(crop, roi.crop(ct, c.box))
+        assert cg == g.with_size(roi.box_shape(c.box), [a for a, _ in c.box])
         # simulate nnUNetv2_predict -d 222 (written by nnU-Net's own writer, float32 affine) and -d 223
-        lab_crop = roi.crop(lab, c["box"])
+        # (derive-stages encoding: 1 tumor, 2 cyst)
+        lab_crop = roi.crop(lab, c.box)
         io = NibabelIOWithReorient()
         _, props = io.read_images([str(tmp_path / "r222" / f"{cid}_0000.nii.gz")])
         (tmp_path / "p222").mkdir(exist_ok=True)
         nn_order = Reorientation.from_geometry(cg).to_nnunet((lab_crop > 0).astype(np.uint8))
         io.write_seg(nn_order, str(tmp_path / "p222" / f"{cid}.nii.gz"), props)
-        write_image(np.where(lab_crop > 1, lab_crop, 0).astype(np.uint8), cg, tmp_path / "p223" / f"{cid}.nii.gz")
+        write_image(np.array([0, 0, 1, 2], np.uint8)[lab_crop], cg, tmp_path / "p223" / f"{cid}.nii.gz")
 
     # stage 223 input: same boxes, mask channel from the ROI-sized 222 predictions
     assert main(["crop-rois", "-i", str(tmp_path / "ct"), "--crops", str(tmp_path / "r222" / "crops.json"),
                  "--roi-mask", str(tmp_path / "p222"), "--with-mask-channel", "-o", str(tmp_path / "r223")]) == 0
-    for cid, c in crops["crops"].items():
+    for cid, c in crops.items():
         ch1, _ = read_image(tmp_path / "r223" / f"{cid}_0001.nii.gz")
-        assert np.array_equal(ch1, roi.crop(lab, c["box"]) > 0)
+        assert np.array_equal(ch1, roi.crop(lab, c.box) > 0)
+    assert stage_io.load_crops(tmp_path / "r223" / "crops.json")[0].keys() == crops.keys()
 
     assert main(["paste-rois", "-i", str(tmp_path / "p223"), "--fine", str(tmp_path / "p222"), "--crops",
                  str(tmp_path / "r222" / "crops.json"), "-o", str(tmp_path / "final"), "--ref", str(tmp_path / "ct")]) == 0
@@ -351,8 +360,8 @@ def test_stage_helpers_reject_bad_input(tmp_path, capsys):
     assert "nomask/case_00001.nii.gz: mask for case_00001 not found" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text(json.dumps({"crops": {"c_roi0": {"case": "c", "box": [[0, 99], [0, 1], [0, 1]],
                                                                        "source_geometry": g.to_dict()}}}))
-    with pytest.raises(KitsInputError, match="bad.json: crop c_roi0 box"):
-        stage_io.load_crops_json(tmp_path / "bad.json")
+    with pytest.raises(KitsInputError, match="bad.json"):
+        stage_io.load_crops(tmp_path / "bad.json")
     assert main(["predict", "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "o"), "--results",
                  str(tmp_path / "none")]) == 2
     assert "nnUNet_results folder does not exist" in capsys.readouterr().err
