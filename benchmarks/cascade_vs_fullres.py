@@ -1,0 +1,279 @@
+"""Cascade vs stock nnU-Net full-resolution inference: wall time and peak RSS on CT synthesized from real labels.
+
+Per case (default case_00065, case_00142, case_00151 of ``--shared``/labels), three variants run, each in a
+fresh worker process so its peak RSS (``ru_maxrss``) is its own:
+
+(a) ``stock``: one nnUNetPredictor, 3d_fullres at the target spacing 0.786 x 0.78125 x 0.78125 mm over the
+    whole CT, region-based KiTS head (kidney, masses, tumor), through ``predict_single_npy_array`` (the same
+    preprocessing, sliding window, resampling and segmentation export path ``nnUNetv2_predict`` uses, without
+    its worker pool);
+(b) ``cascade``: :class:`KiTSCascadePredictor`: stage 221 (3d_lowres, ~2.5x the target spacing) on the whole
+    CT, then stages 222 and 223 (3d_fullres at the target spacing) on the kidney ROIs;
+(c) ``oracle``: the cascade with the ground-truth kidney+masses mask instead of stage 221.
+
+Same network topology on both sides (nnU-Net's 6-stage PlainConvUNet with 128^3 patches as planned for
+KiTS) but NARROWED feature widths (``--features``, default 4..64 instead of 32..320) so it runs on a CPU;
+weights are random with a fixed seed (timing does not depend on them). Because an untrained stage 221 gives
+no meaningful mask, (b) runs stage 221 in full (its time and memory count) and then takes the ROI boxes from
+the ground truth, like (c); stage 222's final bias is set so its mask is non-empty and stage 223 always runs.
+Mirroring (TTA) is off on both sides by default (``--tta`` turns it on for both). The CT is synthesized from
+the label map (``kits_plugins.synthetic`` when it offers ``synthesize_ct_from_label``, else a cheap
+per-label HU + noise stand-in); synthesis is not timed.
+
+    python benchmarks/cascade_vs_fullres.py --out benchmarks/results/cascade_vs_fullres.json \
+        [--shared ../shared/kits23] [--cases case_00065 case_00142 case_00151] [--variants stock cascade oracle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_SPACING = [0.786, 0.78125, 0.78125]
+LOWRES_SPACING = [1.965, 1.953125, 1.953125]  # 2.5 x target
+STOCK_FEATURES = [32, 64, 128, 256, 320, 320]
+
+
+# --------------------------------------------------------------------------------------------------- models
+def _plans(config: str, spacing, n_channels: int, features) -> dict:
+    n = len(features)
+    arch = {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {
+            "n_stages": n,
+            "features_per_stage": list(features),
+            "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * n,
+            "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
+            "n_conv_per_stage": [2] * n,
+            "n_conv_per_stage_decoder": [2] * (n - 1),
+            "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    configuration = {
+        "data_identifier": f"kitsPlans_{config}",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": [128, 128, 128],
+        "median_image_size_in_voxels": [400, 512, 512],
+        "spacing": list(spacing),
+        "normalization_schemes": ["CTNormalization"] + ["NoNormalization"] * (n_channels - 1),
+        "use_mask_for_norm": [False] * n_channels,
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": resampling,
+        "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
+        "architecture": arch,
+        "batch_dice": False,
+    }
+    return {
+        "dataset_name": "bench",
+        "plans_name": "kitsPlans",
+        "original_median_spacing_after_transp": TARGET_SPACING,
+        "original_median_shape_after_transp": [400, 512, 512],
+        "image_reader_writer": "NibabelIOWithReorient",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {config: configuration},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {
+            str(c): {"max": 3000.0, "mean": 100.0, "median": 100.0, "min": -1000.0, "percentile_00_5": -200.0,
+                     "percentile_99_5": 400.0, "std": 80.0}
+            for c in range(n_channels)
+        },
+    }
+
+
+def _predictor(config, spacing, channels, labels, rco, features, seed, tta, fg_bias=None):
+    """A stock nnUNetPredictor, manually initialised with a random (seeded) PlainConvUNet."""
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from kits_plugins.inference.model_discovery import make_nnunet_predictor
+
+    pm = PlansManager(_plans(config, spacing, len(channels), features))
+    cm = pm.get_configuration(config)
+    ds = {"channel_names": channels, "labels": labels, "file_ending": ".nii.gz", "numTraining": 1}
+    if rco:
+        ds["regions_class_order"] = rco
+    n_out = pm.get_label_manager(ds).num_segmentation_heads
+    torch.manual_seed(seed)
+    net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                 cm.network_arch_init_kwargs_req_import, len(channels), n_out, deep_supervision=False)
+    if fg_bias is not None:
+        with torch.no_grad():
+            net.decoder.seg_layers[-1].bias[1:] += fg_bias
+    p = make_nnunet_predictor("cpu", 0.5, tta)
+    p.manual_initialization(net, pm, cm, [net.state_dict()], ds, "nnUNetTrainer", (0, 1, 2))
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def synthesize_ct(label: np.ndarray, geometry, seed: int = 0) -> tuple[np.ndarray, str]:
+    """CT-like float32 volume for ``label`` (file order); the package's synthesizer when it exists."""
+    try:
+        from kits_plugins.synthetic import synthesize_ct_from_label  # built by another issue
+
+        ct = synthesize_ct_from_label(label, geometry, seed=seed)
+        return np.asarray(ct, dtype=np.float32), "kits_plugins.synthetic.synthesize_ct_from_label"
+    except (ImportError, TypeError):
+        pass
+    rng = np.random.default_rng(seed)
+    lut = np.array([-80.0, 180.0, 90.0, 10.0], np.float32)  # fat/soft tissue, kidney, tumor, cyst
+    ct = np.empty(label.shape, np.float32)
+    for z in range(label.shape[0]):  # slab-wise: no full-size float64 temporaries
+        ct[z] = lut[label[z]] + rng.normal(0, 15, label.shape[1:]).astype(np.float32)
+    return ct, "stand-in: per-label HU (-80, 180, 90, 10) + N(0, 15) noise"
+
+
+# ---------------------------------------------------------------------------------------------------- worker
+def worker(label_path: str, variant: str, features: list[int], tta: bool, seed: int) -> dict:
+    import torch
+
+    from kits_plugins.inference.cascade import KiTSCascadePredictor
+    from kits_plugins.utilities.image_io import read_label
+    from kits_plugins.utilities.orientation import Reorientation
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    label, g = read_label(label_path)
+    ct, synth = synthesize_ct(label, g, seed)
+    out: dict = {"variant": variant, "shape": list(g.shape), "spacing_np": list(g.spacing_np), "synthesis": synth}
+    ct_ch = {"0": "CT"}
+    binary = {"background": 0, "kidney": 1}
+    if variant == "stock":
+        kits_regions = {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}
+        p = _predictor("3d_fullres", TARGET_SPACING, ct_ch, kits_regions, [1, 3, 2], features, seed, tta)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time.perf_counter()
+        r = Reorientation.from_geometry(g)
+        seg = p.predict_single_npy_array(r.to_nnunet(ct)[None], {"spacing": list(r.spacing_to_nnunet(g.spacing_np))},
+                                         None, None, False)
+        seg = r.from_nnunet(seg)
+        out["time_s"] = time.perf_counter() - t
+        out["labels"] = sorted(int(v) for v in np.unique(seg))
+    else:
+        coarse = _predictor("3d_lowres", LOWRES_SPACING, ct_ch, binary, None, features, seed, tta) \
+            if variant == "cascade" else None
+        fine = _predictor("3d_fullres", TARGET_SPACING, ct_ch, binary, None, features, seed + 1, tta, fg_bias=10.0)
+        masses = _predictor("3d_fullres", TARGET_SPACING, {"0": "CT", "1": "noNorm"},
+                            {"background": 0, "masses": [1, 2], "tumor": 1}, [2, 1], features, seed + 2, tta)
+        cascade = KiTSCascadePredictor(coarse, fine, masses, postprocess=True)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time.perf_counter()
+        coarse_s = 0.0
+        if variant == "cascade":  # run stage 221 for its cost; an untrained model's mask is meaningless
+            cascade.coarse_mask(ct, g)
+            coarse_s = time.perf_counter() - t
+        res = cascade.predict_array(ct, g, coarse_mask=label)
+        out["time_s"] = time.perf_counter() - t
+        info = res.info()
+        info["coarse"] = round(coarse_s, 3)
+        out.update({k: info[k] for k in ("coarse", "fine", "masses", "postprocess", "n_rois", "roi_fraction")})
+        out["labels"] = sorted(int(v) for v in np.unique(res.segmentation))
+    out["rss_before_predict_mb"] = rss0 / 1024
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "kits23"))
+    ap.add_argument("--cases", nargs="+", default=["case_00065", "case_00142", "case_00151"])
+    ap.add_argument("--variants", nargs="+", default=["stock", "cascade", "oracle"],
+                    choices=["stock", "cascade", "oracle"])
+    ap.add_argument("--features", nargs="+", type=int, default=[4, 8, 16, 32, 64, 64])
+    ap.add_argument("--tta", action="store_true", help="mirroring on both sides (8x slower)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per variant and case")
+    ap.add_argument("--_worker", nargs=2, metavar=("LABEL", "VARIANT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._worker:
+        print("BENCH_RESULT " + json.dumps(worker(args._worker[0], args._worker[1], args.features, args.tta, args.seed)))
+        return 0
+
+    import torch
+
+    results: dict = {
+        "benchmark": "cascade_vs_fullres",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu",
+                    "torch_threads": int(os.environ.get("BENCH_THREADS", "2")), "torch": torch.__version__},
+        "network": {"class": "PlainConvUNet", "patch_size": [128, 128, 128], "features_per_stage": args.features,
+                    "stock_nnunet_features_per_stage": STOCK_FEATURES,
+                    "note": "narrowed feature widths for CPU; same topology on both sides; random fixed weights"},
+        "target_spacing": TARGET_SPACING, "lowres_spacing": LOWRES_SPACING, "tta": args.tta,
+        "notes": "cascade (b) runs stage 221 in full but takes ROI boxes from the ground truth (untrained model); "
+                 "oracle (c) skips stage 221. Wall time of the prediction only (CT synthesis excluded).",
+        "cases": {},
+    }
+    for case in args.cases:
+        label = Path(args.shared) / "labels" / f"{case}.nii.gz"
+        if not label.is_file():
+            print(f"{case}: {label} not found, skipped")
+            continue
+        entry: dict = {}
+        for variant in args.variants:
+            cmd = [sys.executable, __file__, "--out", os.devnull, "--_worker", str(label), variant,
+                   "--features", *map(str, args.features), "--seed", str(args.seed)] + (["--tta"] if args.tta else [])
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                entry[variant] = {"error": f"timeout after {args.timeout} s"}
+                print(f"{case} {variant}: timeout")
+                continue
+            line = [x for x in proc.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
+            entry[variant] = json.loads(line[-1][len("BENCH_RESULT "):]) if line else {
+                "error": (proc.stderr or proc.stdout)[-2000:]}
+            print(f"{case} {variant}: {entry[variant].get('time_s', 'error')} s, "
+                  f"{entry[variant].get('peak_rss_mb', '-')} MB")
+        a = entry.get("stock", {})
+        for v in ("cascade", "oracle"):
+            b = entry.get(v, {})
+            if "time_s" in a and "time_s" in b:
+                entry[f"{v}_time_ratio"] = round(b["time_s"] / a["time_s"], 4)
+                entry[f"{v}_rss_ratio"] = round(b["peak_rss_mb"] / a["peak_rss_mb"], 4)
+        if "cascade_time_ratio" in entry:
+            entry["time_ratio"], entry["rss_ratio"] = entry["cascade_time_ratio"], entry["cascade_rss_ratio"]
+        results["cases"][case] = entry
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+    print(f"\n{'case':<12}{'variant':<9}{'time s':>9}{'peak MB':>10}{'ROIs':>6}{'ROI %':>7}{'t ratio':>9}{'rss ratio':>10}")
+    for case, entry in results["cases"].items():
+        for v in args.variants:
+            r = entry.get(v, {})
+            if "time_s" not in r:
+                print(f"{case:<12}{v:<9}  error")
+                continue
+            tr = entry.get(f"{v}_time_ratio", 1.0 if v == "stock" else float("nan"))
+            rr = entry.get(f"{v}_rss_ratio", 1.0 if v == "stock" else float("nan"))
+            print(f"{case:<12}{v:<9}{r['time_s']:>9.1f}{r['peak_rss_mb']:>10.0f}{r.get('n_rois', '-')!s:>6}"
+                  f"{100 * r.get('roi_fraction', 1.0):>7.1f}{tr:>9.3f}{rr:>10.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
