@@ -65,6 +65,7 @@ def batch_signed_distance_maps(target: torch.Tensor, spacing: Sequence[float], p
     Values > 0.5 (or True) count as inside. Returns float32 on ``target``'s device, without gradient. A channel that
     is absent (all zero) or full in a sample gives all zeros there: no boundary signal, the region loss still trains
     it. ``spacing`` is in the tensor's spatial axis order (for nnU-Net: ``configuration_manager.spacing``).
+    A channel equal to an earlier channel of the same sample reuses its map (exact; saves one transform).
     """
     if target.ndim < 3:
         raise ValueError(f"target must be (b, c, *spatial), got shape {tuple(target.shape)}")
@@ -75,5 +76,10 @@ def batch_signed_distance_maps(target: torch.Tensor, spacing: Sequence[float], p
     out = np.empty(inside.shape, dtype=np.float32)
     for b in range(inside.shape[0]):
         for c in range(inside.shape[1]):
-            out[b, c] = signed_distance_map(inside[b, c], spacing, parallel=parallel)
+            # nested regions often coincide (mass == tumor in a cyst-free patch): reuse the map, it is the same
+            same = next((k for k in range(c) if np.array_equal(inside[b, k], inside[b, c])), None)
+            if same is not None:
+                out[b, c] = out[b, same]
+            else:
+                out[b, c] = signed_distance_map(inside[b, c], spacing, parallel=parallel)
     return torch.from_numpy(out).to(target.device, non_blocking=True)

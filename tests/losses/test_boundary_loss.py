@@ -135,6 +135,17 @@ def test_batch_maps_match_per_channel_and_stay_on_device(dtype):
     assert not maps[1, 1].any() and maps[0, 1].any()  # absent channel in one sample: zeros there only
 
 
+def test_batch_maps_reuse_identical_channels_exactly():
+    tumor = ellipsoid((8, 12, 14), (2, 3, 3), center=(4, 6, 8))
+    cyst = ellipsoid((8, 12, 14), (1.5, 2, 2), center=(3, 3, 3))
+    target = torch.from_numpy(np.stack([np.stack([tumor, tumor]), np.stack([tumor | cyst, tumor])]))
+    maps = batch_signed_distance_maps(target, SPACING)
+    expected = signed_distance_map(tumor, SPACING)
+    for b, c in ((0, 0), (0, 1), (1, 1)):
+        np.testing.assert_array_equal(maps[b, c].numpy(), expected)
+    np.testing.assert_array_equal(maps[1, 0].numpy(), signed_distance_map(tumor | cyst, SPACING))
+
+
 def test_batch_maps_reject_wrong_spacing_length():
     with pytest.raises(ValueError, match="spatial axes"):
         batch_signed_distance_maps(torch.zeros(1, 1, 4, 4, 4), (1.0, 1.0))
