@@ -365,3 +365,20 @@ def test_stage_helpers_reject_bad_input(tmp_path, capsys):
     assert main(["predict", "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "o"), "--results",
                  str(tmp_path / "none")]) == 2
     assert "nnUNet_results folder does not exist" in capsys.readouterr().err
+
+
+def test_cli_predict_on_kits_layout(results, tmp_path, capsys):
+    from kits_plugins.cli import main
+
+    ct, lab, g = make_case()
+    _write_case(tmp_path / "kits", "case_00011", ct, lab, g, kits_layout=True)
+    assert main(["predict", "-i", str(tmp_path / "kits"), "-o", str(tmp_path / "out"), "--results", str(results),
+                 "-f", "0", "--disable-tta", "--margin-mm", "4.5", "--min-roi-volume-mm3", "50",
+                 "--no-postprocess"]) == 0
+    out, og = read_label(tmp_path / "out" / "case_00011.nii.gz")
+    assert og == g and np.array_equal(out, lab)
+    captured = capsys.readouterr()
+    assert "case_00011: read" in captured.out + captured.err  # the per-case timing line
+    assert main(["predict", "-i", str(tmp_path / "kits"), "-o", str(tmp_path / "o2"), "--results", str(results),
+                 "--fine-trainer", "nnUNetTrainerNope"]) == 2
+    assert "nnUNetTrainerNope__kitsPlans__3d_fullres: model folder missing" in capsys.readouterr().err
