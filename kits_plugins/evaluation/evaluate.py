@@ -109,11 +109,11 @@ def check_headers(pairs: Sequence[tuple[str, Path, Path]]) -> None:
 def evaluate_case(case_id: str, pred_path: str | os.PathLike, ref_path: str | os.PathLike) -> dict:
     """Read one prediction/reference pair (labels checked to be 0-3) and compute its metrics (one row)."""
     pred, gp = read_label(pred_path, max_label=MAX_LABEL)
-    ref, gr = read_label(ref_path, max_label=MAX_LABEL)
+    ref, _ = read_label(ref_path, max_label=MAX_LABEL)
     if pred.shape != ref.shape:
         raise KitsInputError(f"{pred_path}: case {case_id}: shape {pred.shape} != reference {ref.shape}")
-    # Spacing of the reference, numpy order (identical to the prediction's within SPACING_ATOL_MM).
-    metrics = compute_case_metrics(pred, ref, gr.spacing_np)
+    # The challenge passes the prediction's spacing (numpy order); check_headers made it equal the reference's.
+    metrics = compute_case_metrics(pred, ref, gp.spacing_np)
     return {"caseID": case_id, **metrics}
 
 
