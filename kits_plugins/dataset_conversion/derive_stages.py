@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 from tqdm import tqdm
 
@@ -54,8 +55,6 @@ from kits_plugins.utilities.image_io import (
     KitsInputError,
     atomic_copy,
     read_geometry,
-    read_image,
-    read_label,
     write_image,
 )
 
@@ -109,6 +108,33 @@ def compact_ct(ct: np.ndarray) -> np.ndarray:
     return ct.astype(np.int16) if lossless else ct.astype(np.float32, copy=False)
 
 
+def outer_box(mask: np.ndarray) -> roi.Box | None:
+    """Bounding box of all nonzero voxels (None if empty) from two projections: two passes over the volume,
+    instead of acvl_utils' slice-by-slice scan (seconds on a 512 x 512 x 1059 scan)."""
+    axis0 = np.flatnonzero(mask.any(axis=(1, 2)))
+    if axis0.size == 0:
+        return None
+    plane = mask[axis0[0] : axis0[-1] + 1].any(axis=0)
+    axis1, axis2 = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return [[int(a[0]), int(a[-1]) + 1] for a in (axis0, axis1, axis2)]
+
+
+def fast_roi_boxes(
+    mask: np.ndarray, spacing_np: Sequence[float], margin_mm: float, min_volume_mm3: float
+) -> list[roi.Box]:
+    """Exactly :func:`roi.roi_boxes`, computed on the sub-volume around the foreground.
+
+    The sub-volume is the foreground's bounding box grown by the margin (clamped to the image), so each
+    component box grown by the margin is clamped at the same planes as in the full image.
+    """
+    outer = outer_box(mask)
+    if outer is None:
+        return []
+    ext = roi.pad_box_mm(outer, margin_mm, spacing_np, mask.shape)
+    boxes = roi.roi_boxes(roi.crop(mask, ext), spacing_np, margin_mm, min_volume_mm3)
+    return [[[a + e0, b + e0] for (a, b), (e0, _) in zip(box, ext)] for box in boxes]
+
+
 def case_rng(seed: int, case: str) -> np.random.Generator:
     """Random generator of one case: the same jitter whatever the order or number of workers."""
     return np.random.default_rng([int(seed), zlib.crc32(case.encode())])
@@ -124,11 +150,11 @@ def case_rois(
 ) -> list[tuple[roi.Box, roi.Box]]:
     """(box, box before jitter) per ROI, sorted by position, never overlapping.
 
-    Boxes come from :func:`roi.roi_boxes` (one per kidney component above ``min_volume_mm3``, grown by
+    Boxes come from :func:`roi.roi_boxes` (via :func:`fast_roi_boxes`; one per kidney component above ``min_volume_mm3``, grown by
     ``margin_mm``, merged where they overlap). With ``jitter_mm`` > 0 each side grows by an extra
     uniform [0, jitter_mm] mm (:func:`roi.jitter_box`); boxes that then overlap are merged again.
     """
-    boxes = roi.roi_boxes(mask, spacing_np, margin_mm, min_volume_mm3)
+    boxes = fast_roi_boxes(mask, spacing_np, margin_mm, min_volume_mm3)
     if jitter_mm <= 0 or not boxes:
         return [(b, b) for b in boxes]
     if rng is None:
@@ -151,6 +177,30 @@ def uncovered_voxels(mask: np.ndarray, boxes: Sequence[roi.Box]) -> int:
 
 
 # ---------------------------------------------------------------- one case (file I/O)
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry, sitk.Image]:
+    """Like :func:`read_image` but returns a read-only view of SimpleITK's buffer (no second copy of a
+    0.5 GB CT); keep the returned image alive as long as the array is used."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise KitsInputError(f"{path}: cannot read image ({str(e).strip().splitlines()[-1]})") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise KitsInputError(f"{path}: expected a 3D single-component image, got size {image.GetSize()}")
+    return sitk.GetArrayViewFromImage(image), Geometry.from_image(image), image
+
+
+def read_kits_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry, sitk.Image]:
+    """Label map as uint8 (a view when stored as uint8, as KiTS23's are), values checked to lie in 0..3."""
+    array, geometry, image = read_volume(path)
+    if not np.issubdtype(array.dtype, np.integer) and np.any(array != np.round(array)):
+        raise KitsInputError(f"{path}: label map has non-integer values")
+    lo, hi = array.min(), array.max()
+    if lo < 0 or hi > MAX_LABEL:
+        bad = np.unique(array[(array < 0) | (array > MAX_LABEL)])[:10]
+        raise KitsInputError(f"{path}: labels outside 0-{MAX_LABEL}: {bad.tolist()}")
+    return array.astype(np.uint8, copy=False), geometry, image
 
 
 @dataclass(frozen=True)
@@ -190,7 +240,7 @@ def derive_case(job: CaseJob) -> CaseResult:
     """Write one case's files into every requested stage folder; return its crop records."""
     s = job.settings
     geometry = read_geometry(job.image)
-    label, label_geometry = read_label(job.label, max_label=MAX_LABEL)
+    label, label_geometry, _label_image = read_kits_label(job.label)
     _check_same_grid(geometry, job.image, label_geometry, job.label)
     gt_mask = kidney_mask(label)
     warnings: list[str] = []
@@ -205,10 +255,10 @@ def derive_case(job: CaseJob) -> CaseResult:
     if job.prediction is None:
         roi_mask, jitter = gt_mask, s.jitter_mm
     else:
-        prediction, pred_geometry = read_image(job.prediction)
+        prediction, pred_geometry, pred_image = read_volume(job.prediction)
         _check_same_grid(geometry, job.image, pred_geometry, job.prediction)
         roi_mask, jitter = kidney_mask(prediction), s.jitter_mm
-        del prediction
+        del prediction, pred_image
     spacing = geometry.spacing_np
     rois = case_rois(roi_mask, spacing, s.margin_mm, s.min_volume_mm3, jitter, case_rng(s.seed, job.case))
     if not rois:
@@ -216,7 +266,7 @@ def derive_case(job: CaseJob) -> CaseResult:
         return CaseResult(job.case, [], uncovered_voxels(gt_mask, []), warnings)
     uncovered = uncovered_voxels(gt_mask, [b for b, _ in rois])
 
-    ct, ct_geometry = read_image(job.image)
+    ct, ct_geometry, _ct_image = read_volume(job.image)
     ct = compact_ct(ct)
     records = []
     for i, (box, base) in enumerate(rois):

@@ -220,3 +220,18 @@ def test_all_shared_labels_crop_and_paste_back_exactly(shared_label_files, tmp_p
         assert int(np.count_nonzero(full != label)) == 0, path.name
         pasted = to_sitk(full, Geometry.from_dict(records[0].to_dict()["source_geometry"]))
         assert Geometry.from_image(pasted) == geometry, path.name
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fast_roi_boxes_equal_roi_boxes(seed):
+    """The sub-volume shortcut gives exactly the boxes of roi.roi_boxes, also at the image border."""
+    from kits_plugins.dataset_conversion.derive_stages import fast_roi_boxes, outer_box
+
+    rng = np.random.default_rng(seed)
+    shape = (50, 44, 30)
+    centers = [tuple(int(rng.integers(0, n)) for n in shape) for _ in range(int(rng.integers(1, 4)))]
+    mask = _label(shape, centers, radii=(5, 6, 3)) > 0
+    spacing = tuple(float(v) for v in rng.uniform(0.5, 3.0, 3))
+    margin = float(rng.uniform(0, 20))
+    assert fast_roi_boxes(mask, spacing, margin, 30.0) == roi.roi_boxes(mask, spacing, margin, 30.0)
+    assert outer_box(np.zeros(shape, bool)) is None and fast_roi_boxes(np.zeros(shape, bool), spacing, 5, 0) == []
