@@ -1,13 +1,45 @@
-"""`kits` subcommands of this stage (see kits_plugins.cli)."""
+"""`kits synth`: synthetic CT-like KiTS23 cases, procedural or from real label maps."""
 
 from __future__ import annotations
 
 import argparse
 
+from kits_plugins.synthetic import DEFAULT_SHAPE, DEFAULT_SPACING
+
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("out", metavar="OUT", help="output folder (KiTS23 layout: OUT/case_XXXXX/imaging.nii.gz ...)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cases", type=int, metavar="N", help="number of procedural cases to make")
+    src.add_argument(
+        "--from-labels", metavar="DIR", help="make a CT for each DIR/case_XXXXX.nii.gz label map (label copied as is)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="master seed; same seed, same data (default 0)")
+    parser.add_argument(
+        "--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=list(DEFAULT_SHAPE),
+        help="procedural volume size in anatomical order: superior-inferior, anterior-posterior, right-left "
+        f"(default {' '.join(map(str, DEFAULT_SHAPE))})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=list(DEFAULT_SPACING),
+        help=f"procedural voxel spacing in mm, same order (default {' '.join(map(str, DEFAULT_SPACING))})",
+    )  # fmt: skip
+    parser.add_argument("--first-case", type=int, default=0, help="number of the first procedural case (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`kits synth` is not implemented yet")
+    from kits_plugins.synthetic.writer import synthesize_dataset, synthesize_from_labels
+    from kits_plugins.utilities.image_io import KitsInputError
+
+    if args.from_labels is not None:
+        paths = synthesize_from_labels(args.out, args.from_labels, seed=args.seed, progress=not args.quiet)
+    else:
+        if args.cases < 1:
+            raise KitsInputError(f"--cases must be >= 1, got {args.cases}")
+        if min(args.shape) < 8 or min(args.spacing) <= 0:
+            raise KitsInputError(f"--shape needs >= 8 voxels per axis and --spacing > 0, got {args.shape} {args.spacing}")
+        paths = synthesize_dataset(args.out, args.cases, args.seed, tuple(args.shape), tuple(args.spacing),
+                                   first_case=args.first_case, progress=not args.quiet)  # fmt: skip
+    print(f"wrote {len(paths)} case(s) to {args.out}")
+    return 0
