@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+EXT_TRAINER_DIR = Path(__file__).resolve().parent / "ext_trainers"
+
+
+def trainer_path() -> Path:
+    """Absolute path of the folder to export as ``nnUNet_extTrainer`` (it holds only the trainer shim)."""
+    return EXT_TRAINER_DIR
 
 
 def add_trainer_path_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.epilog = "usage: export nnUNet_extTrainer=$(kits trainer-path)"
 
 
 def run_trainer_path(args: argparse.Namespace) -> int:
-    raise NotImplementedError("`kits trainer-path` is not implemented yet")
+    print(trainer_path())
+    return 0

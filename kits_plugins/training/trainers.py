@@ -1,0 +1,268 @@
+"""nnUNetTrainer subclasses of the cascade, found by nnU-Net through ``nnUNet_extTrainer``.
+
+- ``nnUNetTrainerKiTSCoarse`` (stage 221, 3d_lowres on the full CT): Dice+CE, recall first. Cross-entropy
+  weights foreground ``foreground_ce_weight`` (3) times background, so the weighted-CE optimum labels a voxel
+  kidney once p(kidney) > 1 / (1 + 3) = 0.25: the coarse mask only has to *contain* the kidneys (its
+  boxes get a 15 mm margin), a missed kidney cannot be recovered by the later stages, a false positive
+  only costs ROI area.
+- ``nnUNetTrainerKiTSFine`` (stage 222, 3d_fullres on kidney ROIs): nnU-Net's Dice+CE unchanged.
+- ``nnUNetTrainerKiTSSurface`` (stage 223, region training on kidney ROIs with the kidney mask as input
+  channel 1): nnU-Net's region loss (Dice+BCE with deep supervision) plus the Kervadec boundary loss on the
+  full-resolution output, its weight following ``BoundaryWeightSchedule`` and logged every epoch; the mask
+  channel stays binary through augmentation and at inference (see ``kits_plugins.training.transforms``).
+
+Every trainer reads ``KITS_EPOCHS``, ``KITS_ITERS`` and ``KITS_VAL_ITERS`` (positive integers) to override
+epochs, training iterations per epoch and validation iterations per epoch; the ``_short`` variants default
+to 2 epochs x 4 iterations (CPU smoke tests and the demo). ``KITS_BOUNDARY_SCHEDULE=start,end,f0,f1``
+sets the surface trainer's weight schedule (weight ``start`` until epoch f0 x epochs, linear to ``end``
+at f1 x epochs).
+
+The classes live here (picklable as ``kits_plugins.training.trainers.X``); the folder printed by
+``kits trainer-path`` holds only a shim that star-imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+
+from kits_plugins.losses.boundary import BoundaryLoss, BoundaryWeightSchedule, RegionDiceBCEBoundaryLoss
+from kits_plugins.training.transforms import BinarizeInputChannels, binarize_first, keep_channels_binary
+
+__all__ = [
+    "nnUNetTrainerKiTSBase",
+    "nnUNetTrainerKiTSCoarse",
+    "nnUNetTrainerKiTSFine",
+    "nnUNetTrainerKiTSSurface",
+    "nnUNetTrainerKiTSCoarse_short",
+    "nnUNetTrainerKiTSFine_short",
+    "nnUNetTrainerKiTSSurface_short",
+]
+
+CUDA = torch.device("cuda")  # nnUNetTrainer's default device
+
+ENV_EPOCHS = "KITS_EPOCHS"
+ENV_ITERS = "KITS_ITERS"
+ENV_VAL_ITERS = "KITS_VAL_ITERS"
+ENV_BOUNDARY_SCHEDULE = "KITS_BOUNDARY_SCHEDULE"
+
+
+def env_positive_int(name: str) -> int | None:
+    """A positive integer from the environment variable ``name`` (None when unset or empty)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"environment variable {name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def boundary_schedule_from_env(num_epochs: int, default: BoundaryWeightSchedule) -> BoundaryWeightSchedule:
+    """``KITS_BOUNDARY_SCHEDULE=start,end,ramp_start_fraction,ramp_end_fraction`` or ``default``."""
+    raw = os.environ.get(ENV_BOUNDARY_SCHEDULE, "").strip()
+    if not raw:
+        return default
+    try:
+        start, end, f0, f1 = (float(v) for v in raw.split(","))
+        return BoundaryWeightSchedule.for_num_epochs(num_epochs, start, end, f0, f1)
+    except ValueError as e:
+        raise ValueError(f"{ENV_BOUNDARY_SCHEDULE} must be 'start,end,ramp_start_fraction,ramp_end_fraction' "
+                         f"(e.g. '0,0.5,0,0.5'), got {raw!r}: {e}") from None
+
+
+def _inner_loss(loss: nn.Module) -> nn.Module:
+    return loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
+
+
+class nnUNetTrainerKiTSBase(nnUNetTrainer):
+    """nnUNetTrainer with the package's schedule defaults and ``KITS_*`` environment overrides."""
+
+    default_num_epochs: int | None = None  # None keeps nnU-Net's value (1000 / 250 / 50)
+    default_iterations_per_epoch: int | None = None
+    default_val_iterations_per_epoch: int | None = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = CUDA):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if len(self.configuration_manager.pool_op_kernel_sizes) < 3 and self.enable_deep_supervision:
+            # nnU-Net drops the lowest-resolution output from deep supervision; with 2 stages that leaves
+            # weight 0/0 = NaN on the only output. Tiny images (CPU demo spacing) give such networks.
+            self.enable_deep_supervision = False
+            self.print_to_log_file("deep supervision disabled: the planned network has fewer than 3 stages")
+        self.num_epochs = env_positive_int(ENV_EPOCHS) or self.default_num_epochs or self.num_epochs
+        self.num_iterations_per_epoch = (env_positive_int(ENV_ITERS) or self.default_iterations_per_epoch
+                                         or self.num_iterations_per_epoch)
+        self.num_val_iterations_per_epoch = (env_positive_int(ENV_VAL_ITERS) or self.default_val_iterations_per_epoch
+                                             or self.num_val_iterations_per_epoch)
+        self.print_to_log_file(f"{type(self).__name__}: {self.num_epochs} epochs x {self.num_iterations_per_epoch} "
+                               f"iterations (+{self.num_val_iterations_per_epoch} validation iterations)",
+                               also_print_to_console=False)
+
+
+class nnUNetTrainerKiTSCoarse(nnUNetTrainerKiTSBase):
+    """Stage 221: Dice+CE on the full CT at coarse spacing, cross-entropy weighted towards the kidneys."""
+
+    foreground_ce_weight: float = 3.0
+
+    def _build_loss(self):
+        loss = super()._build_loss()
+        inner = _inner_loss(loss)
+        n = self.label_manager.num_segmentation_heads
+        w = float(self.foreground_ce_weight)
+        if isinstance(inner, DC_and_CE_loss):
+            weight = torch.tensor([1.0] + [w] * (n - 1), dtype=torch.float32, device=self.device)
+            inner.ce = RobustCrossEntropyLoss(weight=weight, ignore_index=inner.ce.ignore_index)
+        elif isinstance(inner, DC_and_BCE_loss):  # region-labelled coarse dataset: weight positives instead
+            n_spatial = len(self.configuration_manager.patch_size)
+            pos_weight = torch.full((n, *([1] * n_spatial)), w, dtype=torch.float32, device=self.device)
+            inner.ce = nn.BCEWithLogitsLoss(reduction=inner.ce.reduction, pos_weight=pos_weight)
+        else:
+            raise RuntimeError(f"unexpected loss {type(inner).__name__} from nnUNetTrainer._build_loss")
+        self.print_to_log_file(f"recall-first loss: foreground cross-entropy weight {w}")
+        return loss
+
+
+class nnUNetTrainerKiTSFine(nnUNetTrainerKiTSBase):
+    """Stage 222: nnU-Net's Dice+CE on kidney ROIs (fine kidney+masses mask)."""
+
+
+class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
+    """Stage 223: region Dice+BCE plus the boundary loss (scheduled weight) on kidney ROIs, binary mask channel."""
+
+    binary_input_channels: tuple[int, ...] = (1,)
+    boundary_normalize: str | float = "none"
+    boundary_schedule_start: float = 0.0
+    boundary_schedule_end: float = 0.5
+    boundary_ramp_fractions: tuple[float, float] = (0.0, 0.5)
+    log_keys = ("boundary_weights", "train_region_losses", "train_boundary_losses")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = CUDA):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        default = BoundaryWeightSchedule.for_num_epochs(
+            self.num_epochs, self.boundary_schedule_start, self.boundary_schedule_end, *self.boundary_ramp_fractions)
+        self.boundary_schedule = boundary_schedule_from_env(self.num_epochs, default)
+        self.print_to_log_file(f"boundary loss weight schedule: {self.boundary_schedule}", also_print_to_console=False)
+        self._register_log_keys()
+
+    # ----- logging: nnU-Net's local logger only accepts keys it knows, so add ours to it
+    def _register_log_keys(self) -> None:
+        local = getattr(self.logger, "local_logger", None)
+        store = getattr(local, "my_fantastic_logging", None)
+        if isinstance(store, dict):
+            for k in self.log_keys:
+                store.setdefault(k, [])
+            self._own_log = None
+        else:  # a future nnU-Net logger without that dict: keep our own per-epoch lists
+            self._own_log = {k: [] for k in self.log_keys}
+
+    def _log(self, key: str, value: float) -> None:
+        if self._own_log is not None:
+            lst = self._own_log[key]
+            lst[self.current_epoch:] = [value]
+            return
+        local = self.logger.local_logger
+        local.my_fantastic_logging.setdefault(key, [])  # after load_checkpoint of an older checkpoint
+        self.logger.log(key, value, self.current_epoch)
+
+    def logged(self, key: str) -> list:
+        """Per-epoch values of one of ``log_keys``."""
+        if self._own_log is not None:
+            return list(self._own_log[key])
+        return list(self.logger.get_value(key, step=None))
+
+    # ----- loss
+    def _build_loss(self):
+        if not self.label_manager.has_regions:
+            raise RuntimeError(f"{type(self).__name__} needs region labels (dataset 223: masses [2,3], tumor 2)")
+        region = super()._build_loss()
+        boundary = BoundaryLoss(self.configuration_manager.spacing, normalize=self.boundary_normalize,
+                                ignore_channel=self.label_manager.ignore_label is not None)
+        return RegionDiceBCEBoundaryLoss(region, boundary, boundary_weight=self.boundary_schedule(self.current_epoch))
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        w = float(self.boundary_schedule(self.current_epoch))
+        self.loss.boundary_weight = w
+        self._log("boundary_weights", w)
+        self.print_to_log_file(f"boundary loss weight: {w:.4g}")
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        out["region_loss"] = float(self.loss.last_region_loss)
+        out["boundary_loss"] = float(self.loss.last_boundary_loss)
+        return out
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        region = [o.pop("region_loss") for o in train_outputs]
+        boundary = [o.pop("boundary_loss") for o in train_outputs]
+        super().on_train_epoch_end(train_outputs)
+        r = float(np.nanmean(region)) if np.any(np.isfinite(region)) else math.nan
+        b = float(np.nanmean(boundary)) if np.any(np.isfinite(boundary)) else math.nan
+        self._log("train_region_losses", r)
+        self._log("train_boundary_losses", b)
+        self.print_to_log_file(f"train region loss {r:.4f}, boundary loss {b:.4f} (weight {self.loss.boundary_weight:.4g})")
+
+    # ----- binary mask channel
+    @classmethod
+    def _binary_channels(cls, num_input_channels: int | None = None) -> list[int]:
+        return [c for c in cls.binary_input_channels if num_input_channels is None or c < num_input_channels]
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                     num_output_channels, enable_deep_supervision)
+        channels = cls._binary_channels(num_input_channels)
+        return BinarizeInputChannels(network, channels) if channels else network
+
+    @classmethod
+    def get_training_transforms(cls, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        transforms = super().get_training_transforms(
+            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=use_mask_for_norm, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
+            regions=regions, ignore_label=ignore_label)
+        channels = cls._binary_channels(len(use_mask_for_norm) if use_mask_for_norm is not None else None)
+        return keep_channels_binary(transforms, channels)
+
+    @classmethod
+    def get_validation_transforms(cls, deep_supervision_scales, is_cascaded=False, foreground_labels=None,
+                                  regions=None, ignore_label=None):
+        transforms = super().get_validation_transforms(deep_supervision_scales, is_cascaded=is_cascaded,
+                                                       foreground_labels=foreground_labels, regions=regions,
+                                                       ignore_label=ignore_label)
+        return binarize_first(transforms, cls._binary_channels())
+
+
+class _ShortSchedule:
+    """Defaults for CPU smoke tests and the demo (still overridable by ``KITS_*``)."""
+
+    default_num_epochs = 2
+    default_iterations_per_epoch = 4
+    default_val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerKiTSCoarse_short(_ShortSchedule, nnUNetTrainerKiTSCoarse):
+    """``nnUNetTrainerKiTSCoarse`` on a short schedule."""
+
+
+class nnUNetTrainerKiTSFine_short(_ShortSchedule, nnUNetTrainerKiTSFine):
+    """``nnUNetTrainerKiTSFine`` on a short schedule."""
+
+
+class nnUNetTrainerKiTSSurface_short(_ShortSchedule, nnUNetTrainerKiTSSurface):
+    """``nnUNetTrainerKiTSSurface`` on a short schedule."""

@@ -1,0 +1,236 @@
+"""The cascade trainers: nnU-Net finds them through `kits trainer-path`, their losses, the binary mask channel on
+real augmented batches, and short CPU trainings through nnU-Net's own run_training / nnUNetv2_train."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kits_plugins.cli import main
+from kits_plugins.losses.boundary import BoundaryWeightSchedule, RegionDiceBCEBoundaryLoss
+from kits_plugins.planning.planning import plan_and_preprocess
+from kits_plugins.planning.tiny_datasets import tiny_case, write_tiny_stage_dataset
+from kits_plugins.training import trainers
+from kits_plugins.training.commands import trainer_path
+from kits_plugins.training.transforms import BinarizeInputChannels
+
+torch.set_num_threads(1)
+
+TARGET = (2.0, 1.5, 1.5)  # tiny images (24 x 24 x 16 voxels of 2.5 x 1.5 x 1.5 mm) -> 20 x 24 x 24 voxels, 3 stages
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def stage_env(tmp_path_factory):
+    """nnU-Net folders with tiny planned+preprocessed 222 and 223 (3 cases: 2 train, 1 validation)."""
+    root = tmp_path_factory.mktemp("nnunet")
+    mp = pytest.MonkeyPatch()
+    env = {
+        "nnUNet_raw": str(root / "raw"),
+        "nnUNet_preprocessed": str(root / "pre"),
+        "nnUNet_results": str(root / "results"),
+        "nnUNet_extTrainer": str(trainer_path()),
+        "nnUNet_n_proc_DA": "0",
+        "nnUNet_def_n_proc": "1",
+        "nnUNet_compile": "false",
+    }
+    for k, v in env.items():
+        mp.setenv(k, v)
+    for k in ("KITS_EPOCHS", "KITS_ITERS", "KITS_VAL_ITERS", "KITS_BOUNDARY_SCHEDULE"):
+        mp.delenv(k, raising=False)
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
+
+    mp.setattr(nnunet_trainer_module, "default_num_processes", 1)  # validation export pool (read at import)
+    folders = {d: write_tiny_stage_dataset(root / "raw", d, num_cases=3, seed=d) for d in (222, 223)}
+    plan_and_preprocess([222, 223], target_spacing=TARGET, num_processes=1)
+    for folder in folders.values():
+        split = [{"train": ["case_00000", "case_00001"], "val": ["case_00002"]}]
+        (root / "pre" / folder.name / "splits_final.json").write_text(json.dumps(split))
+    yield {"root": root, "env": env, "names": {d: f.name for d, f in folders.items()}}
+    mp.undo()
+
+
+def _trainer(name: str, dataset_id: int):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    return get_trainer_from_args(str(dataset_id), "3d_fullres", 0, name, "kitsPlans", device=CPU)
+
+
+def _predict(model_folder: Path, two_channels: bool) -> np.ndarray:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=CPU, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,))
+    ct, labels = tiny_case((20, 24, 24), np.random.default_rng(7))
+    image = np.stack([ct, labels > 0] if two_channels else [ct]).astype(np.float32)
+    seg = predictor.predict_single_npy_array(image, {"spacing": list(TARGET)})
+    assert seg.shape == image.shape[1:]
+    return seg
+
+
+# ----------------------------------------------------------------------------------------------- fast unit tests
+def test_trainer_path_holds_only_the_shim_and_nnunet_finds_the_classes(monkeypatch, capsys):
+    assert main(["trainer-path"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.is_absolute() and path == trainer_path()
+    assert sorted(p.name for p in path.iterdir() if p.name != "__pycache__") == ["kits_trainers.py"]
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    for name in trainers.__all__:  # not an nnU-Net built-in name
+        with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):
+            recursive_find_trainer_class_by_name(name)
+    monkeypatch.setenv("nnUNet_extTrainer", str(path))
+    for name in trainers.__all__:
+        cls = recursive_find_trainer_class_by_name(name)
+        # found through the shim, but it is the class of kits_plugins.training.trainers: picklable by that path
+        assert cls is getattr(trainers, name) and cls.__module__ == "kits_plugins.training.trainers"
+        assert pickle.loads(pickle.dumps(cls)) is cls
+
+
+def test_env_overrides(monkeypatch):
+    monkeypatch.setenv("KITS_EPOCHS", " 7 ")
+    assert trainers.env_positive_int("KITS_EPOCHS") == 7
+    monkeypatch.setenv("KITS_EPOCHS", "0")
+    with pytest.raises(ValueError, match="KITS_EPOCHS must be a positive integer"):
+        trainers.env_positive_int("KITS_EPOCHS")
+    monkeypatch.delenv("KITS_EPOCHS")
+    assert trainers.env_positive_int("KITS_EPOCHS") is None
+    default = BoundaryWeightSchedule()
+    assert trainers.boundary_schedule_from_env(10, default) is default
+    monkeypatch.setenv("KITS_BOUNDARY_SCHEDULE", "0.1,1.0,0,0.5")
+    s = trainers.boundary_schedule_from_env(10, default)
+    assert [s(e) for e in (0, 5, 9)] == [pytest.approx(0.1), 1.0, 1.0]
+    monkeypatch.setenv("KITS_BOUNDARY_SCHEDULE", "0.5")
+    with pytest.raises(ValueError, match="KITS_BOUNDARY_SCHEDULE"):
+        trainers.boundary_schedule_from_env(10, default)
+
+
+# ------------------------------------------------------------------------------------ trainers on planned tiny data
+def test_schedule_defaults_and_env(stage_env, monkeypatch):
+    tr = _trainer("nnUNetTrainerKiTSFine_short", 222)
+    assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (2, 4, 2)
+    monkeypatch.setenv("KITS_ITERS", "3")
+    tr = _trainer("nnUNetTrainerKiTSFine", 222)
+    assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (1000, 3, 50)
+
+
+def test_coarse_loss_weights_missed_kidney_three_times_a_false_positive(stage_env):
+    tr = _trainer("nnUNetTrainerKiTSCoarse", 222)
+    tr.initialize()
+    ce = tr.loss.loss.ce
+    assert ce.weight.tolist() == [1.0, 3.0]
+    # a missed kidney voxel (p(kidney) = 0.2) and a false-positive voxel (p(kidney) = 0.8) in one patch: the same
+    # error, but the missed kidney pulls 3x harder on its logits
+    p = 0.2
+    logits = torch.tensor([[math.log(1 - p), math.log(p)], [math.log(p), math.log(1 - p)]]).T.reshape(1, 2, 2, 1, 1)
+    logits.requires_grad_(True)
+    ce(logits, torch.tensor([1.0, 0.0]).reshape(1, 1, 2, 1, 1)).backward()
+    g_miss, g_fp = logits.grad[0, :, 0].norm(), logits.grad[0, :, 1].norm()
+    assert float(g_miss / g_fp) == pytest.approx(3.0)
+
+
+def test_surface_trainer_loss_network_and_region_requirement(stage_env):
+    tr = _trainer("nnUNetTrainerKiTSSurface", 223)
+    tr.initialize()
+    assert isinstance(tr.loss, RegionDiceBCEBoundaryLoss)
+    assert tr.loss.boundary_loss.spacing == TARGET
+    assert isinstance(tr.network, BinarizeInputChannels) and tr.network.channels == (1,)
+    tr.set_deep_supervision_enabled(False)  # nnU-Net reaches the decoder through the wrapper
+    assert tr.network.decoder.deep_supervision is False
+    tr.network.eval()
+    x = torch.randn(1, 2, 20, 24, 24)
+    x[:, 1] = (torch.rand(1, 20, 24, 24) > 0.5).float()
+    soft = x.clone()
+    soft[:, 1] = soft[:, 1] * 0.8 + 0.1  # spline-resampled-like mask: 0.1 / 0.9
+    with torch.no_grad():
+        assert torch.equal(tr.network(x), tr.network(soft))
+    with pytest.raises(RuntimeError, match="region labels"):
+        _trainer("nnUNetTrainerKiTSSurface", 222).initialize()
+
+
+def test_mask_channel_stays_binary_on_real_augmented_batches(stage_env):
+    """nnU-Net's own dataloader and training transforms on the preprocessed 223 cases."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    tr = _trainer("nnUNetTrainerKiTSSurface", 223)
+    tr.initialize()
+    dl_train, dl_val = tr.get_dataloaders()
+
+    def stats(loader, n_batches):
+        non_binary = total = masses = masses_in_mask = 0
+        for _ in range(n_batches):
+            batch = next(loader)
+            mask = batch["data"][:, 1]
+            target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+            non_binary += int(((mask != 0) & (mask != 1)).sum())
+            total += mask.numel()
+            m = target[:, 0].bool()  # region "masses" at full resolution
+            masses += int(m.sum())
+            masses_in_mask += int((m & (mask > 0.5)).sum())
+        return non_binary / total, masses_in_mask / max(masses, 1), masses
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    frac_non_binary, frac_masses_inside, n_masses = stats(dl_train, 10)
+    assert frac_non_binary == 0.0
+    assert n_masses > 0 and frac_masses_inside > 0.95  # the mask still matches the augmented label
+    assert stats(dl_val, 2)[0] == 0.0
+
+    # the same loader with nnU-Net's stock transforms: the mask channel is no longer binary
+    rot, dummy_2d, _, mirror = tr.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    dl_train.data_loader.transforms = nnUNetTrainer.get_training_transforms(
+        tr.configuration_manager.patch_size, rot, tr._get_deep_supervision_scales(), mirror, dummy_2d,
+        use_mask_for_norm=tr.configuration_manager.use_mask_for_norm, regions=tr.label_manager.foreground_regions)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    assert stats(dl_train, 10)[0] > 0.05
+
+
+# ----------------------------------------------------------------------------- short trainings (nnU-Net's own path)
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerKiTSCoarse_short", "nnUNetTrainerKiTSFine_short"])
+def test_run_training_cpu_smoke(stage_env, monkeypatch, trainer_name):
+    from nnunetv2.run.run_training import run_training
+
+    monkeypatch.setenv("KITS_EPOCHS", "1")
+    monkeypatch.setenv("KITS_ITERS", "2")
+    monkeypatch.setenv("KITS_VAL_ITERS", "1")
+    run_training("222", "3d_fullres", 0, trainer_name, "kitsPlans", device=CPU)
+    folder = stage_env["root"] / "results" / stage_env["names"][222] / f"{trainer_name}__kitsPlans__3d_fullres"
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == trainer_name
+    losses = ckpt["logging"]["train_losses"]
+    assert len(losses) == 1 and np.isfinite(losses).all()
+    assert (folder / "fold_0" / "validation" / "summary.json").is_file()
+    seg = _predict(folder, two_channels=False)
+    assert set(np.unique(seg)) <= {0, 1}
+
+
+@pytest.mark.slow
+def test_nnunetv2_train_console_command_surface_trainer(stage_env):
+    """`nnUNetv2_train 223 3d_fullres 0 -tr nnUNetTrainerKiTSSurface_short -p kitsPlans -device cpu`."""
+    exe = shutil.which("nnUNetv2_train") or str(Path(sys.executable).parent / "nnUNetv2_train")
+    env = {**os.environ, **stage_env["env"], "KITS_ITERS": "2", "KITS_VAL_ITERS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [exe, "223", "3d_fullres", "0", "-tr", "nnUNetTrainerKiTSSurface_short", "-p", "kitsPlans", "-device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "boundary loss weight: 0.5" in proc.stdout
+    folder = stage_env["root"] / "results" / stage_env["names"][223] / "nnUNetTrainerKiTSSurface_short__kitsPlans__3d_fullres"
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    log = ckpt["logging"]
+    assert log["boundary_weights"] == [0.0, 0.5]  # 2 epochs, ramp over the first half
+    assert np.isfinite(log["train_losses"]).all() and np.isfinite(log["train_region_losses"]).all()
+    assert math.isnan(log["train_boundary_losses"][0]) and np.isfinite(log["train_boundary_losses"][1])
+    seg = _predict(folder, two_channels=True)
+    assert set(np.unique(seg)) <= {0, 2, 3}
