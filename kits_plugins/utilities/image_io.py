@@ -165,6 +165,13 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
+def _default_permissions(path: str) -> None:
+    """mkstemp creates files 0600; give them the mode a plain open() would (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_sitk(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see partial files."""
     path = Path(path)
@@ -174,6 +181,7 @@ def atomic_write_sitk(image: sitk.Image, path: str | os.PathLike, compress: bool
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=compress)
+        _default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -204,6 +212,7 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike, link: bool = Tru
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        _default_permissions(tmp)
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
