@@ -6,6 +6,9 @@ import argparse
 
 from kits_plugins.constants import COARSE_DATASET_ID, FINE_DATASET_ID, MASSES_DATASET_ID, PLANS_NAME, TARGET_SPACING
 
+# Feature-count factor of the CPU demo's network (nnU-Net's 32..320 features -> 8..80).
+DEMO_NETWORK_WIDTH = 0.25
+
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--datasets", type=int, nargs="+",
@@ -24,6 +27,10 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="configurations to preprocess (default: 3d_lowres for 221, 3d_fullres otherwise)")
     parser.add_argument("--gpu-memory-target", type=float, default=None, metavar="GB",
                         help="GPU memory nnU-Net's planner sizes patches and batches for (nnU-Net default: 8)")
+    parser.add_argument("--network-width", type=float, default=1.0, metavar="F",
+                        help="multiply the U-Net's feature counts by F (default 1; CPU runs: 0.25)")
+    parser.add_argument("--demo-network", dest="network_width", action="store_const", const=DEMO_NETWORK_WIDTH,
+                        help=f"the CPU demo's network: --network-width {DEMO_NETWORK_WIDTH}")
     parser.add_argument("--no-preprocess", action="store_true", help="only fingerprint and plan")
     parser.add_argument("-v", "--verbose", action="store_true")
 
@@ -43,6 +50,7 @@ def run_plan(args: argparse.Namespace) -> int:
         gpu_memory_target_gb=args.gpu_memory_target,
         preprocess=not args.no_preprocess,
         verbose=args.verbose,
+        network_width=args.network_width,
     )
     for d, path in out.items():
         print(f"{d}: {path} (train with -p {PLANS_NAME})")

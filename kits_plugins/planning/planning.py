@@ -20,6 +20,7 @@ three numbers are (superior-inferior, anterior-posterior, right-left) in mm.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -131,6 +132,27 @@ def enforce_plans(
             changes.append("removed 3d_cascade_fullres (the package cascades across datasets)")
         if "3d_lowres" in configs and configs["3d_lowres"].pop("next_stage", None) is not None:
             changes.append("3d_lowres: removed next_stage")
+    return changes
+
+
+def scale_network_width(plans: dict, width: float) -> list[str]:
+    """Multiply every configuration's U-Net feature counts by ``width`` (at least 4 features per stage).
+
+    For CPU runs (the demo): a quarter-width network trains several times faster. It lives in the plans, so
+    training and nnU-Net's predictor build the same network. Returns what was changed.
+    """
+    if not (width > 0 and math.isfinite(width)):
+        raise KitsInputError(f"network width must be a positive number, got {width}")
+    changes = []
+    if width == 1.0:
+        return changes
+    for name, cfg in plans["configurations"].items():
+        arch = cfg.get("architecture", {}).get("arch_kwargs")
+        if arch and "features_per_stage" in arch:
+            new = [max(4, int(round(f * width))) for f in arch["features_per_stage"]]
+            if new != list(arch["features_per_stage"]):
+                changes.append(f"{name}: features per stage {list(arch['features_per_stage'])} -> {new}")
+                arch["features_per_stage"] = new
     return changes
 
 
@@ -249,18 +271,24 @@ def plan_dataset(
     gpu_memory_target_gb: float | None = None,
     plans_name: str = PLANS_NAME,
     verbose: bool = False,
+    network_width: float = 1.0,
 ) -> Path:
     """Fingerprint and plan one dataset, then enforce the package's rules on its plans. Returns the plans path."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
 
     target_spacing = _as_spacing(target_spacing, "target spacing")
+    if not (network_width > 0 and math.isfinite(network_width)):
+        raise KitsInputError(f"network width must be a positive number, got {network_width}")
     name = dataset_name(dataset_id)
     extract_fingerprints([dataset_id], num_processes=num_processes, clean=True, verbose=verbose,
                          show_progress_bar=verbose)
+    path = plans_file(dataset_id, plans_name)
+    # nnU-Net keeps configurations of an existing plans file that it did not plan itself (our 3d_lowres):
+    # start from scratch so re-planning with other spacings or widths never compounds.
+    path.unlink(missing_ok=True)
     with _planner_safe_environment():
         plan_experiments([dataset_id], "ExperimentPlanner", gpu_memory_target_in_gb=gpu_memory_target_gb,
                          overwrite_target_spacing=target_spacing, overwrite_plans_name=plans_name)
-    path = plans_file(dataset_id, plans_name)
     plans = load_json(path)
     is_coarse = dataset_id == COARSE_DATASET_ID
     changes = enforce_plans(plans, target_spacing, MASK_CHANNELS.get(dataset_id, ()), drop_nnunet_cascade=is_coarse)
@@ -272,6 +300,7 @@ def plan_dataset(
         plans["configurations"]["3d_lowres"] = cfg
         changes.append(f"3d_lowres at {spacing} mm ({why}), patch {cfg['patch_size']}")
         changes += enforce_plans(plans, target_spacing, MASK_CHANNELS.get(dataset_id, ()))
+    changes += scale_network_width(plans, network_width)
     problems = check_plans(plans, target_spacing, require_coarse=is_coarse)
     if problems:  # cannot happen unless nnU-Net changes its plans format
         raise RuntimeError(f"{path}: plans do not satisfy the package's rules: {'; '.join(problems)}")
@@ -292,12 +321,14 @@ def plan_and_preprocess(
     preprocess: bool = True,
     verbose: bool = False,
     plans_name: str = PLANS_NAME,
+    network_width: float = 1.0,
 ) -> dict[int, Path]:
     """Plan (and preprocess) each dataset under ``plans_name`` at ``target_spacing`` (reader order, mm).
 
     ``configurations`` None preprocesses the stage's own configuration (221: 3d_lowres, others:
     3d_fullres). ``coarse_spacing`` is the 221 3d_lowres spacing (default: nnU-Net's lowres plan, or
-    2 x target when nnU-Net plans none). Returns ``{dataset_id: plans file}``.
+    2 x target when nnU-Net plans none). ``network_width`` scales the U-Net's feature counts (0.25 for the CPU
+    demo). Returns ``{dataset_id: plans file}``.
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess as nnunet_preprocess
 
@@ -307,7 +338,7 @@ def plan_and_preprocess(
     out: dict[int, Path] = {}
     for d in dataset_ids:
         path = plan_dataset(d, target_spacing, num_processes, coarse_spacing, gpu_memory_target_gb, plans_name,
-                            verbose)
+                            verbose, network_width)
         out[d] = path
         if not preprocess:
             continue

@@ -21,22 +21,22 @@ from kits_plugins.constants import (
     READER_WRITER,
     STAGE_DATASET_NAMES,
 )
+from kits_plugins.dataset_conversion.derive_stages import encode_masses
+from kits_plugins.dataset_conversion.layout import (
+    BINARY_LABELS,
+    MASSES_CHANNELS,
+    MASSES_LABELS,
+    MASSES_REGIONS_CLASS_ORDER,
+)
 from kits_plugins.utilities.image_io import Geometry, write_image
 
 # KiTS23's direction matrix (row-major, SimpleITK): the slice axis is the last numpy axis of the file.
 KITS_DIRECTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
 
-STAGE_CHANNELS = {
-    COARSE_DATASET_ID: {"0": "CT"},
-    FINE_DATASET_ID: {"0": "CT"},
-    MASSES_DATASET_ID: {"0": "CT", "1": "noNorm"},
-}
-STAGE_LABELS = {
-    COARSE_DATASET_ID: {"background": 0, "kidney_and_masses": 1},
-    FINE_DATASET_ID: {"background": 0, "kidney_and_masses": 1},
-    MASSES_DATASET_ID: {"background": 0, "masses": [2, 3], "tumor": 2},
-}
-STAGE_REGIONS_CLASS_ORDER = {MASSES_DATASET_ID: (3, 2)}
+# The stage datasets' channels and labels, exactly as ``kits derive-stages`` writes them.
+STAGE_CHANNELS = {COARSE_DATASET_ID: {0: "CT"}, FINE_DATASET_ID: {0: "CT"}, MASSES_DATASET_ID: MASSES_CHANNELS}
+STAGE_LABELS = {COARSE_DATASET_ID: BINARY_LABELS, FINE_DATASET_ID: BINARY_LABELS, MASSES_DATASET_ID: MASSES_LABELS}
+STAGE_REGIONS_CLASS_ORDER = {MASSES_DATASET_ID: MASSES_REGIONS_CLASS_ORDER}
 
 
 def _ellipsoid(shape: Sequence[int], center: Sequence[float], radii: Sequence[float]) -> np.ndarray:
@@ -91,14 +91,14 @@ def write_tiny_stage_dataset(
         write_image(ct, geometry, folder / "imagesTr" / f"{case}_0000{FILE_ENDING}")
         if dataset_id == MASSES_DATASET_ID:
             write_image((labels > 0).astype(np.uint8), geometry, folder / "imagesTr" / f"{case}_0001{FILE_ENDING}")
-            target = labels
+            target = encode_masses(labels)  # 0 background/kidney, 1 tumor, 2 cyst
         else:
             target = (labels > 0).astype(np.uint8)
         write_image(target, geometry, folder / "labelsTr" / f"{case}{FILE_ENDING}")
     generate_dataset_json(
         str(folder),
-        channel_names=STAGE_CHANNELS[dataset_id],
-        labels=STAGE_LABELS[dataset_id],
+        channel_names=dict(STAGE_CHANNELS[dataset_id]),
+        labels=dict(STAGE_LABELS[dataset_id]),
         num_training_cases=num_cases,
         file_ending=FILE_ENDING,
         regions_class_order=STAGE_REGIONS_CLASS_ORDER.get(dataset_id),

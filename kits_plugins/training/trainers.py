@@ -13,7 +13,8 @@
 
 Every trainer reads ``KITS_EPOCHS``, ``KITS_ITERS`` and ``KITS_VAL_ITERS`` (positive integers) to override
 epochs, training iterations per epoch and validation iterations per epoch; the ``_short`` variants default
-to 2 epochs x 4 iterations (CPU smoke tests and the demo). ``KITS_BOUNDARY_SCHEDULE=start,end,f0,f1``
+to 2 epochs x 4 iterations (CPU smoke tests), the ``_demo`` variants are the same for ``kits demo`` (which
+sets ``KITS_EPOCHS``/``KITS_ITERS``; separate names keep separate results folders). ``KITS_BOUNDARY_SCHEDULE=start,end,f0,f1``
 sets the surface trainer's weight schedule (weight ``start`` until epoch f0 x epochs, linear to ``end``
 at f1 x epochs).
 
@@ -45,6 +46,9 @@ __all__ = [
     "nnUNetTrainerKiTSCoarse_short",
     "nnUNetTrainerKiTSFine_short",
     "nnUNetTrainerKiTSSurface_short",
+    "nnUNetTrainerKiTSCoarse_demo",
+    "nnUNetTrainerKiTSFine_demo",
+    "nnUNetTrainerKiTSSurface_demo",
 ]
 
 CUDA = torch.device("cuda")  # nnUNetTrainer's default device
@@ -186,7 +190,7 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
     # ----- loss
     def _build_loss(self):
         if not self.label_manager.has_regions:
-            raise RuntimeError(f"{type(self).__name__} needs region labels (dataset 223: masses [2,3], tumor 2)")
+            raise RuntimeError(f"{type(self).__name__} needs region labels (dataset 223: masses and tumor regions)")
         region = super()._build_loss()
         boundary = BoundaryLoss(self.configuration_manager.spacing, normalize=self.boundary_normalize,
                                 ignore_channel=self.label_manager.ignore_label is not None)
@@ -266,3 +270,15 @@ class nnUNetTrainerKiTSFine_short(_ShortSchedule, nnUNetTrainerKiTSFine):
 
 class nnUNetTrainerKiTSSurface_short(_ShortSchedule, nnUNetTrainerKiTSSurface):
     """``nnUNetTrainerKiTSSurface`` on a short schedule."""
+
+
+class nnUNetTrainerKiTSCoarse_demo(nnUNetTrainerKiTSCoarse_short):
+    """``kits demo``'s coarse trainer: the short schedule, sized by the demo through ``KITS_*`` (own results folder)."""
+
+
+class nnUNetTrainerKiTSFine_demo(nnUNetTrainerKiTSFine_short):
+    """``kits demo``'s fine trainer (see ``nnUNetTrainerKiTSCoarse_demo``)."""
+
+
+class nnUNetTrainerKiTSSurface_demo(nnUNetTrainerKiTSSurface_short):
+    """``kits demo``'s masses trainer (see ``nnUNetTrainerKiTSCoarse_demo``)."""

@@ -17,6 +17,7 @@ from kits_plugins.planning.planning import (
     enforce_plans,
     plan_and_preprocess,
     preprocessed_spacing,
+    scale_network_width,
     transposed,
 )
 from kits_plugins.planning.tiny_datasets import write_tiny_stage_dataset
@@ -78,6 +79,16 @@ def test_check_plans_reports_missing_coarse_configuration():
     assert check_plans(plans, (1.0, 0.8, 0.8), require_coarse=True) == ["no 3d_lowres configuration for the coarse stage"]
 
 
+def test_scale_network_width():
+    plans = {"configurations": {"3d_fullres": {"architecture": {"arch_kwargs": {"features_per_stage": [32, 64, 320]}}},
+                                "3d_cascade_fullres": {"inherits_from": "3d_fullres"}}}
+    assert scale_network_width(plans, 1.0) == []
+    assert len(scale_network_width(plans, 0.1)) == 1
+    assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] == [4, 6, 32]
+    with pytest.raises(KitsInputError, match="network width"):
+        scale_network_width(plans, 0.0)
+
+
 def test_coarse_spacing_and_preprocessed_spacing():
     assert coarse_spacing_for((0.786, 0.78125, 0.78125), None) == (1.572, 1.5625, 1.5625)
     assert coarse_spacing_for((1, 1, 1), (3, 2.5, 2.5)) == (3.0, 2.5, 2.5)
@@ -112,7 +123,7 @@ def test_kits_plan_coarse_stage_gets_lowres_at_requested_spacing(tmp_path, monke
     target, coarse = (2.0, 1.5, 1.5), (4.0, 3.0, 3.0)
     # tiny images: nnU-Net's planner drops 3d_lowres (patch covers the whole image); the package adds it back
     rc = main(["plan", "-d", "221", "--target-spacing", *map(str, target), "--coarse-spacing", *map(str, coarse),
-               "-np", "1"])
+               "-np", "1", "--demo-network"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "3d_lowres at (4.0, 3.0, 3.0) mm (requested)" in out
@@ -127,6 +138,7 @@ def test_kits_plan_coarse_stage_gets_lowres_at_requested_spacing(tmp_path, monke
     assert cfgs["3d_lowres"]["spacing"] == list(coarse)
     assert "inherits_from" not in cfgs["3d_lowres"] and "3d_cascade_fullres" not in cfgs
     assert cfgs["3d_lowres"]["data_identifier"] == "kitsPlans_3d_lowres"
+    assert cfgs["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] == 8  # quarter width
     assert all(c["resampling_fn_data_kwargs"]["order"] == 3 and c["resampling_fn_data_kwargs"]["order_z"] == 3
                for c in cfgs.values() if "resampling_fn_data_kwargs" in c)
     assert plans["image_reader_writer"] == "NibabelIOWithReorient"
