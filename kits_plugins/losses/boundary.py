@@ -80,11 +80,11 @@ class BoundaryLoss(nn.Module):
         if logits.shape != target.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same shape")
         dist = self.distance_maps(target)
-        product = torch.sigmoid(logits.float()) * dist
+        probs = torch.sigmoid(logits.float())  # float32 also under AMP
         if mask is None:
-            return product.mean()
-        n_valid = mask.sum() * product.shape[1]
-        return (product * mask).sum() / n_valid.clamp_min(1)
+            return torch.dot(probs.flatten(), dist.flatten()) / dist.numel()  # mean of the product, no temporary
+        n_valid = mask.sum() * probs.shape[1]
+        return (probs * dist * mask).sum() / n_valid.clamp_min(1)
 
 
 class BoundaryWeightSchedule:
