@@ -272,13 +272,21 @@ class nnUNetTrainerKiTSSurface_short(_ShortSchedule, nnUNetTrainerKiTSSurface):
     """``nnUNetTrainerKiTSSurface`` on a short schedule."""
 
 
-class nnUNetTrainerKiTSCoarse_demo(nnUNetTrainerKiTSCoarse_short):
+class _DemoSchedule(_ShortSchedule):
+    """``kits demo`` trains with fold ``all``, whose final validation would only re-predict the training cases:
+    skip it (the demo evaluates on held-out cases instead)."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (kits demo trains fold 'all'; it evaluates held-out cases)")
+
+
+class nnUNetTrainerKiTSCoarse_demo(_DemoSchedule, nnUNetTrainerKiTSCoarse):
     """``kits demo``'s coarse trainer: the short schedule, sized by the demo through ``KITS_*`` (own results folder)."""
 
 
-class nnUNetTrainerKiTSFine_demo(nnUNetTrainerKiTSFine_short):
+class nnUNetTrainerKiTSFine_demo(_DemoSchedule, nnUNetTrainerKiTSFine):
     """``kits demo``'s fine trainer (see ``nnUNetTrainerKiTSCoarse_demo``)."""
 
 
-class nnUNetTrainerKiTSSurface_demo(nnUNetTrainerKiTSSurface_short):
+class nnUNetTrainerKiTSSurface_demo(_DemoSchedule, nnUNetTrainerKiTSSurface):
     """``kits demo``'s masses trainer (see ``nnUNetTrainerKiTSCoarse_demo``)."""
