@@ -18,11 +18,14 @@ import numpy as np
 import pytest
 import torch
 
+from kits_plugins.inference import cascade as cascade_module
 from kits_plugins.inference import stage_io
 from kits_plugins.inference.cascade import (
     KiTSCascadePredictor,
+    coarse_label_map,
     combine_stage_outputs,
     masses_label_lut,
+    resample_label_map,
     timing_line,
 )
 from kits_plugins.inference.model_discovery import (
@@ -200,7 +203,7 @@ def test_model_discovery_errors_list_what_was_looked_for(results, tmp_path):
         find_model_folder(coarse, tmp_path / "nowhere")
 
 
-def test_cascade_reproduces_labels_and_header_with_permuted_direction(cascade, tmp_path):
+def test_cascade_reproduces_labels_and_header_with_permuted_direction(cascade, tmp_path, monkeypatch):
     from nnunetv2.imageio.nibabel_reader_writer import NibabelIOWithReorient
 
     ct, lab, g = make_case()
@@ -209,17 +212,14 @@ def test_cascade_reproduces_labels_and_header_with_permuted_direction(cascade, t
 
     # the coarse stage must get exactly what nnU-Net's own reader gives for this file (array and spacing)
     seen = []
-    original = cascade.coarse.predict_single_npy_array
+    original = cascade_module.coarse_label_map
 
-    def spy(image, props, *args):
-        seen.append((image.copy(), list(props["spacing"])))
-        return original(image, props, *args)
+    def spy(predictor, image, spacing):
+        seen.append((image.copy(), list(spacing)))
+        return original(predictor, image, spacing)
 
-    cascade.coarse.predict_single_npy_array = spy
-    try:
-        infos = cascade.predict(tmp_path / "in", tmp_path / "out", progress=False)
-    finally:
-        cascade.coarse.predict_single_npy_array = original
+    monkeypatch.setattr(cascade_module, "coarse_label_map", spy)
+    infos = cascade.predict(tmp_path / "in", tmp_path / "out", progress=False)
     ref_img, ref_props = NibabelIOWithReorient().read_images([str(ct_file)])
     assert np.allclose(seen[0][0], ref_img) and np.allclose(seen[0][1], ref_props["spacing"])
 
@@ -231,7 +231,10 @@ def test_cascade_reproduces_labels_and_header_with_permuted_direction(cascade, t
     assert info["case"] == "case_00007" and info["n_rois"] == 2 and info["fallback"] is None
     assert set(info) >= {"read", "coarse", "fine", "masses", "postprocess", "write", "total", "roi_fraction"}
     assert all(info[k] >= 0 for k in ("read", "coarse", "fine", "masses", "write")) and 0 < info["roi_fraction"] < 1
-    assert info["boxes"] == roi.roi_boxes(lab > 0, g.spacing_np, 4.5, 50.0)  # same boxes as derive-stages
+    # same box function as derive-stages, on the coarse mask (3 mm grid: its edges may differ from the labels by
+    # a voxel, which the margin absorbs: the output above is exact)
+    assert info["boxes"] == roi.roi_boxes(cascade.coarse_mask(ct, g), g.spacing_np, 4.5, 50.0)
+    assert len(info["boxes"]) == len(roi.roi_boxes(lab > 0, g.spacing_np, 4.5, 50.0))
     assert "case_00007: read" in timing_line(info) and "2 ROI(s)" in timing_line(info)
 
 
@@ -382,3 +385,58 @@ def test_cli_predict_on_kits_layout(results, tmp_path, capsys):
     assert main(["predict", "-i", str(tmp_path / "kits"), "-o", str(tmp_path / "o2"), "--results", str(results),
                  "--fine-trainer", "nnUNetTrainerNope"]) == 2
     assert "nnUNetTrainerNope__kitsPlans__3d_fullres: model folder missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("order_z", [0, 1])
+def test_chunked_label_resampling_equals_nnunet_single_call(order_z):
+    """Separate-z (2.5-5 mm slices) and 3-D cases: the slab-wise two-step resampling is nnU-Net's result."""
+    from types import SimpleNamespace
+
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    low = (ndimage.gaussian_filter(rng.random((13, 21, 19)), 2) > 0.5).astype(np.uint8)
+    low[low > 0] += (rng.random(int(low.sum())) > 0.5).astype(np.uint8)  # labels 0, 1, 2
+    kwargs = {"is_seg": True, "order": 1, "order_z": order_z, "force_separate_z": None}
+    cm = SimpleNamespace(configuration={"resampling_fn_seg": "resample_data_or_seg_to_shape",
+                                        "resampling_fn_seg_kwargs": kwargs})
+    cases = [((3.0, 1.5, 1.5), (5.0, 0.7, 0.7), (8, 45, 41)),  # slice axis 0
+             ((1.5, 3.0, 1.5), (0.7, 5.0, 0.7), (28, 8, 41)),  # slice axis 1
+             ((1.5, 1.5, 1.5), (0.9, 0.7, 0.8), (22, 45, 36))]  # isotropic: one 3-D resize
+    for current, new, shape in cases:
+        ref = resample_data_or_seg_to_shape(low[None], shape, current, new, **kwargs)[0]
+        for chunk in (50, 700, 2**20):
+            got = resample_label_map(low, shape, current, new, cm, chunk_voxels=chunk)
+            assert got.dtype == np.uint8 and got.shape == shape and np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("spacing", [(1.5, 1.5, 3.0), (0.9, 0.9, 3.0)])
+def test_coarse_label_map_matches_predict_single_npy_array(cascade, spacing):
+    """The low-resolution argmax + label-map resampling against nnU-Net's logits path, with nnU-Net's
+    crop to the nonzero region active (a zero border) and, at 0.9 mm in-plane, its separate-z resampling."""
+    ct, lab, g = make_case(shape=(40, 34, 14))
+    ct = np.pad(ct[2:-2, 2:-2, 1:-1], ((2, 2), (2, 2), (1, 1)))  # zero frame: nnU-Net crops it away
+    g = Geometry(g.origin, spacing, g.direction, g.size)
+    r = Reorientation.from_geometry(g)
+    image, spacing_nn = r.to_nnunet(ct)[None], r.spacing_to_nnunet(g.spacing_np)
+    old = cascade.coarse.predict_single_npy_array(image, {"spacing": list(spacing_nn)}, None, None, False)
+    new = coarse_label_map(cascade.coarse, image, spacing_nn)
+    assert new.dtype == np.uint8 and new.shape == old.shape == image.shape[1:]
+    differ = new != old
+    # label-map vs logits resampling: only voxels at the label boundary may differ (<= 1 voxel away)
+    boundary = ndimage_boundary(old > 0)
+    assert not (differ & ~boundary).any()
+    assert differ.sum() <= 0.25 * boundary.sum(), (int(differ.sum()), int(boundary.sum()))
+    assert old.any() and new.any()  # (volumes may differ by tens of %: these blobs are ~3 coarse voxels wide)
+    # the box of the mask (what the ROIs are grown from) moves by at most one voxel per side
+    box_old, box_new = (np.array([[ax.min(), ax.max()] for ax in np.nonzero(m > 0)]) for m in (old, new))
+    assert np.abs(box_old - box_new).max() <= 1
+
+
+def ndimage_boundary(mask: np.ndarray) -> np.ndarray:
+    """Voxels within one voxel (26-neighbourhood) of the mask's boundary, on either side."""
+    from scipy import ndimage
+
+    st = np.ones((3, 3, 3), bool)
+    return ndimage.binary_dilation(mask, st) & ~ndimage.binary_erosion(mask, st)
