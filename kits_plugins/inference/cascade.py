@@ -10,11 +10,14 @@ Per case, the CT is read once (SimpleITK, file order, exact header) and kept as 
    the CT crop and that mask (float32 0/1), then :func:`combine_stage_outputs`;
 4. paste the ROI labels into a full-size uint8 map, postprocess, write with the input header.
 
-Every stage is a stock ``nnUNetPredictor`` (one per stage, loaded once, reused for all cases and ROIs)
-called through ``predict_single_npy_array``: nnU-Net does the preprocessing, sliding window, mirroring
-and resampling; no worker process is spawned per ROI. Arrays are handed to nnU-Net in the order its
+Every stage is a stock ``nnUNetPredictor`` (one per stage, loaded once, reused for all cases and ROIs);
+no worker process is spawned per ROI. Stages 222/223 are called through ``predict_single_npy_array``
+(ROI-sized, so its logits resampling is cheap). Stage 221 runs on the whole CT through
+:func:`coarse_label_map`: the same nnU-Net pieces (preprocessor class, ``predict_logits_from_preprocessed_data``,
+label manager, resampling functions) but the argmax is taken at low resolution and only the uint8 label map
+is resampled back, so no full-size logits exist. Arrays are handed to nnU-Net in the order its
 ``NibabelIOWithReorient`` reader produces (see ``kits_plugins.utilities.orientation``) and mapped back.
-Only ROI-sized probabilities of the fine stages ever exist.
+Full-size arrays held: the float32 CT, the uint8 output and (briefly) the coarse mask.
 """
 
 from __future__ import annotations
