@@ -22,6 +22,7 @@ per-label HU + noise stand-in); synthesis is not timed.
 
     python benchmarks/cascade_vs_fullres.py --out benchmarks/results/cascade_vs_fullres.json \
         [--shared ../shared/kits23] [--cases case_00065 case_00142 case_00151] [--variants stock cascade oracle]
+        [--step-size 0.5]
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _plans(config: str, spacing, n_channels: int, features) -> dict:
     }
 
 
-def _predictor(config, spacing, channels, labels, rco, features, seed, tta, fg_bias=None):
+def _predictor(config, spacing, channels, labels, rco, features, seed, tta, fg_bias=None, step=0.5):
     """A stock nnUNetPredictor, manually initialised with a random (seeded) PlainConvUNet."""
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -125,7 +126,7 @@ def _predictor(config, spacing, channels, labels, rco, features, seed, tta, fg_b
     if fg_bias is not None:
         with torch.no_grad():
             net.decoder.seg_layers[-1].bias[1:] += fg_bias
-    p = make_nnunet_predictor("cpu", 0.5, tta)
+    p = make_nnunet_predictor("cpu", step, tta)
     p.manual_initialization(net, pm, cm, [net.state_dict()], ds, "nnUNetTrainer", (0, 1, 2))
     return p
 
@@ -149,7 +150,7 @@ def synthesize_ct(label: np.ndarray, geometry, seed: int = 0) -> tuple[np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------------- worker
-def worker(label_path: str, variant: str, features: list[int], tta: bool, seed: int) -> dict:
+def worker(label_path: str, variant: str, features: list[int], tta: bool, seed: int, step: float = 0.5) -> dict:
     import torch
 
     from kits_plugins.inference.cascade import KiTSCascadePredictor
@@ -164,7 +165,7 @@ def worker(label_path: str, variant: str, features: list[int], tta: bool, seed: 
     binary = {"background": 0, "kidney": 1}
     if variant == "stock":
         kits_regions = {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}
-        p = _predictor("3d_fullres", TARGET_SPACING, ct_ch, kits_regions, [1, 3, 2], features, seed, tta)
+        p = _predictor("3d_fullres", TARGET_SPACING, ct_ch, kits_regions, [1, 3, 2], features, seed, tta, step=step)
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
         r = Reorientation.from_geometry(g)
@@ -174,11 +175,12 @@ def worker(label_path: str, variant: str, features: list[int], tta: bool, seed: 
         out["time_s"] = time.perf_counter() - t
         out["labels"] = sorted(int(v) for v in np.unique(seg))
     else:
-        coarse = _predictor("3d_lowres", LOWRES_SPACING, ct_ch, binary, None, features, seed, tta) \
+        coarse = _predictor("3d_lowres", LOWRES_SPACING, ct_ch, binary, None, features, seed, tta, step=step) \
             if variant == "cascade" else None
-        fine = _predictor("3d_fullres", TARGET_SPACING, ct_ch, binary, None, features, seed + 1, tta, fg_bias=10.0)
+        fine = _predictor("3d_fullres", TARGET_SPACING, ct_ch, binary, None, features, seed + 1, tta, fg_bias=10.0,
+                          step=step)
         masses = _predictor("3d_fullres", TARGET_SPACING, {"0": "CT", "1": "noNorm"},
-                            {"background": 0, "masses": [1, 2], "tumor": 1}, [2, 1], features, seed + 2, tta)
+                            {"background": 0, "masses": [1, 2], "tumor": 1}, [2, 1], features, seed + 2, tta, step=step)
         cascade = KiTSCascadePredictor(coarse, fine, masses, postprocess=True)
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
@@ -208,11 +210,14 @@ def main() -> int:
     ap.add_argument("--features", nargs="+", type=int, default=[4, 8, 16, 32, 64, 64])
     ap.add_argument("--tta", action="store_true", help="mirroring on both sides (8x slower)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--step-size", type=float, default=0.5,
+                    help="sliding-window tile step (fraction of the patch), all stages on both sides; 0.5 = nnU-Net")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per variant and case")
     ap.add_argument("--_worker", nargs=2, metavar=("LABEL", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._worker:
-        print("BENCH_RESULT " + json.dumps(worker(args._worker[0], args._worker[1], args.features, args.tta, args.seed)))
+        print("BENCH_RESULT " + json.dumps(worker(args._worker[0], args._worker[1], args.features, args.tta, args.seed,
+                                                  args.step_size)))
         return 0
 
     import torch
@@ -225,8 +230,11 @@ def main() -> int:
                     "stock_nnunet_features_per_stage": STOCK_FEATURES,
                     "note": "narrowed feature widths for CPU; same topology on both sides; random fixed weights"},
         "target_spacing": TARGET_SPACING, "lowres_spacing": LOWRES_SPACING, "tta": args.tta,
+        "tile_step_size": args.step_size,
         "notes": "cascade (b) runs stage 221 in full but takes ROI boxes from the ground truth (untrained model); "
-                 "oracle (c) skips stage 221. Wall time of the prediction only (CT synthesis excluded).",
+                 "oracle (c) skips stage 221. Wall time of the prediction only (CT synthesis excluded). Stage 221 runs "
+                 "through kits_plugins.inference.cascade.coarse_label_map (argmax at low resolution, only the uint8 "
+                 "label map resampled back); stages 222/223 and stock through predict_single_npy_array.",
         "cases": {},
     }
     for case in args.cases:
@@ -237,7 +245,8 @@ def main() -> int:
         entry: dict = {}
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--out", os.devnull, "--_worker", str(label), variant,
-                   "--features", *map(str, args.features), "--seed", str(args.seed)] + (["--tta"] if args.tta else [])
+                   "--features", *map(str, args.features), "--seed", str(args.seed),
+                   "--step-size", str(args.step_size)] + (["--tta"] if args.tta else [])
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
