@@ -35,9 +35,9 @@ class DemoSettings:
     device: str = "cpu"
     shape: tuple[int, int, int] = (64, 128, 128)  # z (S-I), y (A-P), x (R-L)
     spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)  # mm, same order
-    target_spacing: tuple[float, float, float] = (4.0, 2.0, 2.0)  # fine stages (S-I, A-P, R-L), mm
+    target_spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)  # fine stages (S-I, A-P, R-L), mm
     coarse_spacing: tuple[float, float, float] = (8.0, 8.0, 8.0)  # 3d_lowres of the coarse stage, mm
-    epochs: dict[str, int] = field(default_factory=lambda: {"221": 24, "222": 10, "223": 30})
+    epochs: dict[str, int] = field(default_factory=lambda: {"221": 30, "222": 16, "223": 40})
     iterations: int = 25
     trainers: dict[str, str] = field(
         default_factory=lambda: {
