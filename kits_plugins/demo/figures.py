@@ -53,7 +53,7 @@ def save_case_png(
     sp = r.spacing_to_nnunet(geometry.spacing_np)
     aspect = sp[1] / sp[2]
     slices = kidney_slices(gt_nn)
-    fig, axes = plt.subplots(len(slices), 3, figsize=(10, 3.6 * len(slices)), squeeze=False)
+    fig, axes = plt.subplots(len(slices), 3, figsize=(10, 3.9 * len(slices)), squeeze=False)
     for row, z in enumerate(slices):
         # anterior up (flip A-P rows), patient's right on the viewer's left (flip R-L columns)
         view = (z, slice(None, None, -1), slice(None, None, -1))
@@ -71,7 +71,7 @@ def save_case_png(
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97), h_pad=2.0)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=90)

@@ -37,7 +37,7 @@ class DemoSettings:
     spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)  # mm, same order
     target_spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)  # fine stages (S-I, A-P, R-L), mm
     coarse_spacing: tuple[float, float, float] = (8.0, 8.0, 8.0)  # 3d_lowres of the coarse stage, mm
-    epochs: dict[str, int] = field(default_factory=lambda: {"221": 30, "222": 16, "223": 40})
+    epochs: dict[str, int] = field(default_factory=lambda: {"221": 26, "222": 14, "223": 34})
     iterations: int = 25
     trainers: dict[str, str] = field(
         default_factory=lambda: {
