@@ -24,6 +24,17 @@ from kits_plugins.constants import PLANS_NAME
 MARKER = ".kits-demo"
 
 
+def nnunet_command(name: str) -> str:
+    """An nnU-Net console script of this interpreter's environment (the venv need not be on PATH)."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found next to {sys.executable} nor on PATH: is nnunetv2 installed?")
+    return found
+
+
 @dataclass
 class DemoSettings:
     """Defaults sized for 2 CPU cores and about 15 minutes (see README, "The demo")."""
@@ -69,6 +80,7 @@ class Demo:
         from kits_plugins.training.commands import trainer_path
 
         env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update(
             nnUNet_raw=str(self.w / "nnUNet_raw"),
             nnUNet_preprocessed=str(self.w / "nnUNet_preprocessed"),
@@ -134,7 +146,7 @@ class Demo:
         for ds, config in (("221", "3d_lowres"), ("222", "3d_fullres"), ("223", "3d_fullres")):
             self.run_step(
                 f"train_{ds}",
-                [shutil.which("nnUNetv2_train") or "nnUNetv2_train", ds, config, "all", "-tr", s.trainers[ds],
+                [nnunet_command("nnUNetv2_train"), ds, config, "all", "-tr", s.trainers[ds],
                  "-p", PLANS_NAME, "-device", s.device],
                 extra_env={"KITS_EPOCHS": str(s.epochs[ds])},
             )
