@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from kits_plugins.utilities.image_io import Geometry, KitsInputError
+from kits_plugins.utilities.image_io import Geometry, KitsInputError, atomic_write_bytes
 from kits_plugins.utilities.orientation import Reorientation
 from kits_plugins.utilities.roi import Box, box_shape, paste
 
@@ -123,16 +122,7 @@ def crops_json_dict(records: Sequence[CropRecord], **metadata) -> dict:
 
 def save_crops_json(path: str | os.PathLike, records: Sequence[CropRecord], **metadata) -> None:
     """Write crops.json atomically (temporary file + rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(crops_json_dict(records, **metadata), f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(path, json.dumps(crops_json_dict(records, **metadata), indent=1).encode())
 
 
 def load_crops_json(path: str | os.PathLike) -> dict[str, CropRecord]:

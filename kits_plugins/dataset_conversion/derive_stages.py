@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 from tqdm import tqdm
 
@@ -55,6 +54,8 @@ from kits_plugins.utilities.image_io import (
     KitsInputError,
     atomic_copy,
     read_geometry,
+    read_image,
+    read_label,
     write_image,
 )
 
@@ -152,30 +153,6 @@ def uncovered_voxels(mask: np.ndarray, boxes: Sequence[roi.Box]) -> int:
 # ---------------------------------------------------------------- one case (file I/O)
 
 
-def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry, sitk.Image]:
-    """Like :func:`read_image` but returns a read-only view of SimpleITK's buffer (no second copy of a
-    0.5 GB CT); keep the returned image alive as long as the array is used."""
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise KitsInputError(f"{path}: cannot read image ({str(e).strip().splitlines()[-1]})") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise KitsInputError(f"{path}: expected a 3D single-component image, got size {image.GetSize()}")
-    return sitk.GetArrayViewFromImage(image), Geometry.from_image(image), image
-
-
-def read_kits_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry, sitk.Image]:
-    """Label map as uint8 (a view when stored as uint8, as KiTS23's are), values checked to lie in 0..3."""
-    array, geometry, image = read_volume(path)
-    if not np.issubdtype(array.dtype, np.integer) and np.any(array != np.round(array)):
-        raise KitsInputError(f"{path}: label map has non-integer values")
-    lo, hi = array.min(), array.max()
-    if lo < 0 or hi > MAX_LABEL:
-        bad = np.unique(array[(array < 0) | (array > MAX_LABEL)])[:10]
-        raise KitsInputError(f"{path}: labels outside 0-{MAX_LABEL}: {bad.tolist()}")
-    return array.astype(np.uint8, copy=False), geometry, image
-
-
 @dataclass(frozen=True)
 class Settings:
     margin_mm: float = DEFAULT_MARGIN_MM
@@ -213,7 +190,7 @@ def derive_case(job: CaseJob) -> CaseResult:
     """Write one case's files into every requested stage folder; return its crop records."""
     s = job.settings
     geometry = read_geometry(job.image)
-    label, label_geometry, _label_image = read_kits_label(job.label)
+    label, label_geometry = read_label(job.label, max_label=MAX_LABEL, view=True)
     _check_same_grid(geometry, job.image, label_geometry, job.label)
     gt_mask = kidney_mask(label)
     warnings: list[str] = []
@@ -228,10 +205,10 @@ def derive_case(job: CaseJob) -> CaseResult:
     if job.prediction is None:
         roi_mask, jitter = gt_mask, s.jitter_mm
     else:
-        prediction, pred_geometry, pred_image = read_volume(job.prediction)
+        prediction, pred_geometry = read_image(job.prediction, view=True)
         _check_same_grid(geometry, job.image, pred_geometry, job.prediction)
         roi_mask, jitter = kidney_mask(prediction), s.jitter_mm
-        del prediction, pred_image
+        del prediction
     spacing = geometry.spacing_np
     rois = case_rois(roi_mask, spacing, s.margin_mm, s.min_volume_mm3, jitter, case_rng(s.seed, job.case))
     if not rois:
@@ -239,7 +216,7 @@ def derive_case(job: CaseJob) -> CaseResult:
         return CaseResult(job.case, [], uncovered_voxels(gt_mask, []), warnings)
     uncovered = uncovered_voxels(gt_mask, [b for b, _ in rois])
 
-    ct, ct_geometry, _ct_image = read_volume(job.image)
+    ct, ct_geometry = read_image(job.image, view=True)
     ct = compact_ct(ct)
     records = []
     for i, (box, base) in enumerate(rois):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from kits_plugins.postprocessing.remove_components import (
     min_volume_to_voxels,
     nnunet_postprocessing_fn,
 )
+from kits_plugins.utilities.image_io import atomic_write_bytes
 
 
 def nnunet_postprocessing_spec(
@@ -64,18 +64,6 @@ def export_postprocessing_pkl(
         "spacing_mm": [float(s) for s in spacing],
         "min_volume_mm3": {LABEL_NAMES[k]: float(v or 0) for k, v in thresholds.items()},
     }
-    _atomic_write_bytes(out_path, pickle.dumps((fns, kwargs)))
-    _atomic_write_bytes(out_path.with_suffix(".json"), json.dumps(info, indent=2).encode())
+    atomic_write_bytes(out_path, pickle.dumps((fns, kwargs)))
+    atomic_write_bytes(out_path.with_suffix(".json"), json.dumps(info, indent=2).encode())
     return out_path
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

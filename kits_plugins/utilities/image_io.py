@@ -9,7 +9,10 @@ destination folder is renamed at the end, so an interrupted run never leaves a h
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,10 +124,19 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
     )
 
 
-def read_image(path: str | os.PathLike, dtype: np.dtype | type | None = None) -> tuple[np.ndarray, Geometry]:
+class ImageBackedArray(np.ndarray):
+    """A numpy view of a SimpleITK image's pixel buffer that keeps the image alive (see ``read_image(view=True)``)."""
+
+    _sitk_image: sitk.Image | None = None
+
+
+def read_image(
+    path: str | os.PathLike, dtype: np.dtype | type | None = None, view: bool = False
+) -> tuple[np.ndarray, Geometry]:
     """Read a 3D single-component image as a numpy array (SimpleITK order) and its geometry.
 
-    ``dtype`` converts on read (e.g. ``np.float32`` for CT); None keeps the stored type.
+    ``dtype`` converts on read (e.g. ``np.float32`` for CT) with a single copy; None keeps the stored type.
+    ``view=True`` returns SimpleITK's own buffer without any copy (for read-only use of large volumes).
     """
     try:
         image = sitk.ReadImage(str(path))
@@ -134,15 +146,20 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | type | None = None) ->
         raise KitsInputError(f"{path}: expected a 3D image, got {image.GetDimension()}D with size {image.GetSize()}")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise KitsInputError(f"{path}: expected a single-component image, got {image.GetNumberOfComponentsPerPixel()}")
-    array = sitk.GetArrayFromImage(image)
-    if dtype is not None and array.dtype != dtype:
-        array = array.astype(dtype, copy=False)
-    return array, Geometry.from_image(image)
+    geometry = Geometry.from_image(image)
+    buffer = sitk.GetArrayViewFromImage(image)
+    if dtype is not None and buffer.dtype != dtype:
+        return buffer.astype(dtype), geometry
+    if not view:
+        return buffer.copy(), geometry
+    array = buffer.view(ImageBackedArray)
+    array._sitk_image = image
+    return array, geometry
 
 
-def read_label(path: str | os.PathLike, max_label: int = 3) -> tuple[np.ndarray, Geometry]:
-    """Read a label map as uint8 and check its values lie in 0..max_label."""
-    array, geom = read_image(path)
+def read_label(path: str | os.PathLike, max_label: int = 3, view: bool = False) -> tuple[np.ndarray, Geometry]:
+    """Read a label map as uint8 and check its values lie in 0..max_label (``view`` as in :func:`read_image`)."""
+    array, geom = read_image(path, view=view)
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
             raise KitsInputError(f"{path}: label map has non-integer values")
@@ -165,28 +182,37 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
-def _default_permissions(path: str) -> None:
-    """mkstemp creates files 0600; give them the mode a plain open() would (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+@contextmanager
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[str]:
+    """Yield a temporary file name next to ``path``; on success give it ordinary permissions
+    (0666 & ~umask; mkstemp makes 0600) and rename it to ``path``, on failure remove it. Readers never see a
+    partial file. ``keep_suffix`` keeps ``path``'s extensions (writers that choose the format by extension)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".partial" + ("".join(path.suffixes) if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_sitk(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see partial files."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         sitk.WriteImage(image, tmp, useCompression=compress)
-        _default_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, compress: bool = True) -> None:
@@ -196,8 +222,6 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike, link: bool = True) -> None:
     """Hardlink ``src`` to ``dst`` where possible, else copy through a temporary name."""
-    import shutil
-
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
@@ -208,13 +232,5 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike, link: bool = Tru
             return
         except OSError:
             pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        _default_permissions(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

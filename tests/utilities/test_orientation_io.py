@@ -75,3 +75,36 @@ def test_real_headers_roundtrip(shared_label_files, tmp_path):
         sub = g.with_size((g.shape[0], g.shape[1], 2), (0, 0, 1))
         write_image(np.zeros(sub.shape, np.uint8), sub, tmp_path / "c.nii.gz")
         assert read_geometry(tmp_path / "c.nii.gz") == sub, f.name
+
+
+def test_view_read_keeps_the_buffer_alive_and_dtype_conversion(tmp_path):
+    import gc
+
+    geom = Geometry((0.0,) * 3, (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (4, 5, 6))
+    arr = np.arange(120, dtype=np.int16).reshape(geom.shape)
+    write_image(arr, geom, tmp_path / "v.nii.gz")
+    view, g = read_image(tmp_path / "v.nii.gz", view=True)
+    sub = view[1:3]
+    del view
+    gc.collect()
+    assert np.array_equal(sub, arr[1:3]) and g == geom  # the SimpleITK image lives as long as a view of it
+    f32, _ = read_image(tmp_path / "v.nii.gz", np.float32)
+    assert f32.dtype == np.float32 and np.array_equal(f32, arr)
+    lab, _ = read_label(tmp_path / "v.nii.gz", max_label=119, view=True)
+    assert lab.dtype == np.uint8 and np.array_equal(lab, arr)
+
+
+def test_atomic_write_bytes_permissions_and_failure(tmp_path):
+    import os
+
+    from kits_plugins.utilities.image_io import atomic_path, atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "a.json", b"{}")
+    assert (tmp_path / "a.json").read_bytes() == b"{}"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "b.json") as tmp:
+        open(tmp, "w").write("half")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
