@@ -39,6 +39,7 @@ from surface_distance.lookup_tables import (
 )
 
 from kits_plugins.constants import HEC_LABELS, HEC_TOLERANCES_MM, MAX_LABEL
+from kits_plugins.utilities.roi import outer_box
 
 # HEC -> name used in the challenge's CSV columns, in the challenge's column order.
 HEC_COLUMN_NAMES = {"kidney_and_mass": "kidney", "mass": "masses", "tumor": "tumor"}
@@ -66,26 +67,11 @@ def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
 
 
 def foreground_box(*arrays: np.ndarray) -> Box | None:
-    """Bounding box (slices) of the non-zero voxels of all ``arrays`` (non-negative, same shape), or None.
-
-    Projections are taken slab-wise (first axis on the contiguous layout, then the other two inside the
-    slab), which costs about one read of each volume and no full-size temporary.
-    """
-    lo = [None, None, None]
-    hi = [None, None, None]
-    for a in arrays:
-        p0 = np.flatnonzero(a.reshape(a.shape[0], -1).max(axis=1)) if a.size else np.empty(0, int)
-        if p0.size == 0:
-            continue
-        slab = a[p0[0] : p0[-1] + 1]
-        p2 = np.flatnonzero(slab.max(axis=(0, 1)))
-        p1 = np.flatnonzero(slab[:, :, p2[0] : p2[-1] + 1].max(axis=(0, 2)))
-        for axis, p in enumerate((p0, p1, p2)):
-            lo[axis] = int(p[0]) if lo[axis] is None else min(lo[axis], int(p[0]))
-            hi[axis] = int(p[-1]) + 1 if hi[axis] is None else max(hi[axis], int(p[-1]) + 1)
-    if lo[0] is None:
+    """Bounding box (slices) of the non-zero voxels of all ``arrays`` (same shape), or None if all are empty."""
+    boxes = [b for b in (outer_box(a) for a in arrays if a.size) if b is not None]
+    if not boxes:
         return None
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
+    return tuple(slice(min(b[k][0] for b in boxes), max(b[k][1] for b in boxes)) for k in range(3))
 
 
 def hec_mask(labels: np.ndarray, hec: str) -> np.ndarray:

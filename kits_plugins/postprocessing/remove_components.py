@@ -34,6 +34,7 @@ import cc3d
 import numpy as np
 
 from kits_plugins.constants import BACKGROUND, CYST, KIDNEY, LABEL_NAMES, MAX_LABEL, TARGET_SPACING, TUMOR
+from kits_plugins.utilities.roi import bounding_box_to_slice, outer_box
 
 #: The seed's thresholds (20000 kidney, 200 tumor, 50 cyst voxels) at the target spacing, in mm3.
 SEED_MIN_VOXELS_AT_TARGET: dict[int, int] = {KIDNEY: 20000, TUMOR: 200, CYST: 50}
@@ -44,8 +45,6 @@ DEFAULT_MIN_VOLUME_MM3: dict[int, float] = {
 
 CONNECTIVITY = 26
 logger = logging.getLogger(__name__)
-# Chunk of the first axis scanned at a time when looking for the foreground bounding box.
-_BBOX_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -114,25 +113,10 @@ def min_volume_to_voxels(min_volume_mm3: Mapping[int, float], spacing: Sequence[
 
 
 def foreground_bbox(seg: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Tight bounding box (slices) of the non-zero voxels, or None if there are none.
-
-    Scans the first axis in chunks so no full-size temporary is made (maps can hold 700 M voxels).
-    """
-    any0 = np.zeros(seg.shape[0], dtype=bool)
-    any1 = np.zeros(seg.shape[1], dtype=bool)
-    any2 = np.zeros(seg.shape[2], dtype=bool)
-    for start in range(0, seg.shape[0], _BBOX_CHUNK):
-        chunk = seg[start : start + _BBOX_CHUNK] != 0
-        any0[start : start + _BBOX_CHUNK] = chunk.any(axis=(1, 2))
-        any1 |= chunk.any(axis=(0, 2))
-        any2 |= chunk.any(axis=(0, 1))
-    if not any0.any():
-        return None
-    slices = []
-    for a in (any0, any1, any2):
-        idx = np.flatnonzero(a)
-        slices.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(slices)
+    """Tight bounding box (slices) of the non-zero voxels, or None if there are none (projections, no
+    full-size temporary: maps can hold 700 M voxels)."""
+    box = outer_box(seg)
+    return None if box is None else bounding_box_to_slice(box)
 
 
 def _check_seg(seg: np.ndarray) -> None:

@@ -28,6 +28,7 @@ from kits_plugins.synthetic.shapes import (
     sub_axes,
     window,
 )
+from kits_plugins.utilities.roi import bounding_box_to_slice, outer_box
 
 # Tissue classes of the phantom (uint8 ids); HU and texture are drawn per case in ``draw_intensities``.
 AIR, FAT, MUSCLE, BONE, CORTICAL_BONE, DISC, CSF, LIVER, SPLEEN, FLUID, ARTERY, VEIN = range(12)
@@ -373,13 +374,8 @@ def render_background(
 
 def _box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     """Bounding box (slices) of a mask, None if empty."""
-    out = []
-    for axis in range(3):
-        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if idx.size == 0:
-            return None
-        out.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(out)
+    box = outer_box(mask)
+    return None if box is None else bounding_box_to_slice(box)
 
 
 def _paint(tis: np.ndarray, axes: Axes, e: Ellipsoid, value: int, where=None) -> None:

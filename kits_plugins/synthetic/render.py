@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from kits_plugins.synthetic import anatomy as A
 from kits_plugins.synthetic.shapes import grid_axes, sample_noise_at, smooth_noise, upsample_axis
+from kits_plugins.utilities.roi import outer_box
 
 BACKGROUND_MM = 1.6  # background grid pitch (mm)
 PSF_MM = 0.6  # in-plane / through-plane blur of sharp (label-derived) edges
@@ -32,14 +33,10 @@ def coarse_factors(spacing: tuple[float, float, float]) -> tuple[int, int, int]:
 
 def foreground_box(label: np.ndarray, pad: int = 3) -> tuple[slice, slice, slice] | None:
     """Bounding box (slices) of ``label > 0`` grown by ``pad`` voxels, or None if empty."""
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(np.any(label, axis=other))
-        if idx.size == 0:
-            return None
-        out.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + pad + 1, label.shape[axis])))
-    return tuple(out)
+    box = outer_box(label)
+    if box is None:
+        return None
+    return tuple(slice(max(a - pad, 0), min(b + pad, n)) for (a, b), n in zip(box, label.shape))
 
 
 def render_kidneys(
