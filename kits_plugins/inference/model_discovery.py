@@ -144,16 +144,11 @@ def resolve_folds(folder: Path, model: StageModel) -> list[int | str]:
     raise ModelNotFoundError(f"{folder}: no fold_N/{model.checkpoint} and no fold_all/{model.checkpoint}")
 
 
-def ext_trainer_dir() -> Path:
-    """The folder holding the shim that re-exports the package's trainers (``kits trainer-path``)."""
-    import kits_plugins
-
-    return Path(kits_plugins.__file__).resolve().parent / "training" / "ext_trainers"
-
-
 def ensure_ext_trainer_path() -> None:
     """Add the package's trainer shim folder to ``nnUNet_extTrainer`` so checkpoints name trainers we ship."""
-    shim = str(ext_trainer_dir())
+    from kits_plugins.training.commands import trainer_path
+
+    shim = str(trainer_path())
     current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     if shim not in current:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join([*current, shim])
