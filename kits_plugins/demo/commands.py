@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -47,5 +46,4 @@ def run_demo(args: argparse.Namespace) -> int:
     for st in summary["steps"]:
         tag = " (earlier run)" if st["skipped"] else ""
         print(f"    {st['name']:<14} {st['wall_s']:7.1f} s  {st['peak_rss_mb']:7.0f} MB{tag}")
-    json.dumps(summary)
     return 0

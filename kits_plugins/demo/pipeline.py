@@ -179,7 +179,6 @@ class Demo:
     def summary(self, total_s: float, pngs: list[str]) -> dict:
         from importlib.metadata import version
 
-        import nnunetv2  # noqa: F401
         import torch
 
         metrics = {}
