@@ -2,22 +2,22 @@
 
 Per case, the CT is read once (SimpleITK, file order, exact header) and kept as float32:
 
-1. coarse kidney+masses mask: stage 221 (3d_lowres) on the full CT;
-2. ROIs: :func:`kits_plugins.utilities.roi.roi_boxes` on that mask in file order with the file spacing,
-   exactly as ``kits derive-stages`` crops the training data (per kidney, margin in mm, merged when
-   overlapping, clamped at the border);
+1. coarse kidney+masses map: stage 221 (3d_lowres) on the full CT, kept at the network's resolution
+   (:mod:`kits_plugins.inference.coarse`: slab-wise preprocessing, argmax at low resolution);
+2. ROIs: one box per kidney component (volumes in mm³ at low resolution), scaled to the CT grid, then grown
+   by the margin in mm, clamped and merged with :func:`kits_plugins.utilities.roi.pad_and_merge`, as
+   ``kits derive-stages`` crops the training data (:func:`~kits_plugins.utilities.roi.roi_boxes`);
 3. per ROI: fine kidney+masses mask (stage 222), then masses and tumor (stage 223) from two channels,
    the CT crop and that mask (float32 0/1), then :func:`combine_stage_outputs`;
 4. paste the ROI labels into a full-size uint8 map, postprocess, write with the input header.
 
 Every stage is a stock ``nnUNetPredictor`` (one per stage, loaded once, reused for all cases and ROIs);
 no worker process is spawned per ROI. Stages 222/223 are called through ``predict_single_npy_array``
-(ROI-sized, so its logits resampling is cheap). Stage 221 runs on the whole CT through
-:func:`coarse_label_map`: the same nnU-Net pieces (preprocessor class, ``predict_logits_from_preprocessed_data``,
-label manager, resampling functions) but the argmax is taken at low resolution and only the uint8 label map
-is resampled back, so no full-size logits exist. Arrays are handed to nnU-Net in the order its
-``NibabelIOWithReorient`` reader produces (see ``kits_plugins.utilities.orientation``) and mapped back.
-Full-size arrays held: the float32 CT, the uint8 output and (briefly) the coarse mask.
+(ROI-sized, so its float64 temporaries and logits resampling are cheap). Stage 221 runs on the whole CT
+through :func:`kits_plugins.inference.coarse.coarse_lowres`: nnU-Net's own preprocessing, sliding window and
+argmax, with no full-size float copy and no full-size coarse mask. Arrays are handed to nnU-Net in the order
+its ``NibabelIOWithReorient`` reader produces (see ``kits_plugins.utilities.orientation``) and mapped back.
+Full-size arrays held: the float32 CT and the uint8 output.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from kits_plugins.constants import (
     KIDNEY,
     TUMOR,
 )
+from kits_plugins.inference.coarse import LowresLabelMap, coarse_lowres
 from kits_plugins.utilities import roi
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_image, read_label, write_image
 from kits_plugins.utilities.orientation import Reorientation
@@ -125,110 +126,6 @@ def _predict(predictor, image_nn: np.ndarray, spacing_nn: Sequence[float], proba
     return predictor.predict_single_npy_array(image_nn, props, None, None, probabilities)
 
 
-def resample_label_map(
-    seg: np.ndarray,
-    new_shape: Sequence[int],
-    current_spacing: Sequence[float],
-    new_spacing: Sequence[float],
-    configuration_manager,
-    chunk_voxels: int = 2**20,
-) -> np.ndarray:
-    """Resample a (z, y, x) label map with the configuration's ``resampling_fn_seg`` (nnU-Net's functions).
-
-    nnU-Net's default ``resample_data_or_seg_to_shape`` in its separate-z mode (one axis much coarser, e.g.
-    2.5 mm slices) interpolates in-plane slice by slice, then along the slice axis with ``map_coordinates``
-    on a coordinate grid of the whole output (int64 + float64 copies: ~1.8 GB for 512 x 512 x 103). That path
-    is separable, so here it runs as two calls of nnU-Net's ``resample_data_or_seg`` with the same
-    kwargs: (1) in-plane only, in slabs of slices (the slices are independent), (2) along the slice axis only,
-    in slabs of an in-plane axis (in-plane size unchanged, so every column maps to itself). The result equals
-    the single call (tested) with a temporary grid of ``chunk_voxels`` voxels. Other resampling functions and
-    the non-separate 3-D resize are called on the whole map (float64 temporaries of the output size).
-    """
-    from nnunetv2.preprocessing.resampling.default_resampling import (
-        ANISO_THRESHOLD,
-        determine_do_sep_z_and_axis,
-        resample_data_or_seg,
-    )
-
-    seg = np.ascontiguousarray(seg, dtype=np.uint8)
-    new_shape = tuple(int(n) for n in new_shape)
-    cfg = configuration_manager.configuration
-    kwargs = dict(cfg.get("resampling_fn_seg_kwargs", {}))
-    if seg.shape == new_shape:
-        return seg
-    if cfg.get("resampling_fn_seg") != "resample_data_or_seg_to_shape" or not kwargs.get("is_seg", True):
-        return np.asarray(configuration_manager.resampling_fn_seg(seg[None], new_shape, current_spacing, new_spacing)[0],
-                          dtype=np.uint8)
-    do_separate_z, axis = determine_do_sep_z_and_axis(
-        kwargs.get("force_separate_z", False), current_spacing, new_spacing,
-        kwargs.get("separate_z_anisotropy_threshold", ANISO_THRESHOLD),
-    )
-    order, order_z = kwargs.get("order", 3), kwargs.get("order_z", 0)
-    if not do_separate_z:
-        return resample_data_or_seg(seg[None], new_shape, True, None, order, False, order_z=order_z)[0]
-
-    def slabs(shape: Sequence[int], along: int):
-        step = max(1, chunk_voxels // max(1, int(np.prod(shape)) // shape[along]))
-        for start in range(0, shape[along], step):
-            index = [slice(None)] * 3
-            index[along] = slice(start, min(start + step, shape[along]))
-            yield tuple(index)
-
-    # (1) in-plane: the slice axis keeps its size, so nnU-Net resizes slice by slice (no coordinate grid)
-    inplane_shape = list(new_shape)
-    inplane_shape[axis] = seg.shape[axis]
-    inplane = np.empty(inplane_shape, np.uint8)
-    for index in slabs(inplane_shape, axis):
-        part = seg[index]
-        target = [n if d != axis else part.shape[axis] for d, n in enumerate(inplane_shape)]
-        inplane[index] = resample_data_or_seg(part[None], target, True, axis, order, True, order_z=order_z)[0]
-    del seg
-    # (2) along the slice axis, in slabs of an in-plane axis (in-plane identity: each column maps to itself)
-    other = next(d for d in range(3) if d != axis)
-    out = np.empty(new_shape, np.uint8)
-    for index in slabs(new_shape, other):
-        part = inplane[index]
-        target = [new_shape[axis] if d == axis else part.shape[d] for d in range(3)]
-        out[index] = resample_data_or_seg(part[None], target, True, axis, order, True, order_z=order_z)[0]
-    return out
-
-
-def coarse_label_map(predictor, image_nn: np.ndarray, spacing_nn: Sequence[float]) -> np.ndarray:
-    """Stage-221 label map (uint8, nnU-Net order, the input's shape) without full-size logits.
-
-    What ``predict_single_npy_array`` does, with nnU-Net's own pieces, except that the argmax is taken at
-    the network's resolution and only the uint8 label map is resampled back (:func:`resample_label_map`),
-    instead of the float logits of every class. Steps: the configuration's preprocessor class
-    (``run_case_npy``: transpose, crop to the nonzero region, normalisation, resampling; it makes a float32
-    copy of the input and its resampling works in float64 on the cropped volume), ``predict_logits_from_
-    preprocessed_data`` (sliding window, mirroring, fold ensemble), ``label_manager.convert_logits_to_
-    segmentation`` at low resolution, resampling to the cropped shape, pasting into the bbox nnU-Net cropped
-    to (``bbox_used_for_cropping`` in ``shape_before_cropping``, acvl_utils' ``insert_crop_into_image`` as
-    nnU-Net's export uses), ``transpose_backward``. Resampling a label map instead of logits may move the
-    boundary by about one voxel of the coarse grid: irrelevant for a ROI mask grown by a margin in mm.
-    """
-    import torch
-    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
-
-    pm, cm = predictor.plans_manager, predictor.configuration_manager
-    props = {"spacing": [float(s) for s in spacing_nn]}
-    preprocessor = cm.preprocessor_class(verbose=False)
-    data, _, props = preprocessor.run_case_npy(image_nn, None, props, pm, cm, predictor.dataset_json)
-    logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
-    del data
-    seg = predictor.label_manager.convert_logits_to_segmentation(logits)
-    del logits
-    seg = seg.numpy() if isinstance(seg, torch.Tensor) else np.asarray(seg)
-
-    shape_cropped = props["shape_after_cropping_and_before_resampling"]
-    spacing_t = [props["spacing"][i] for i in pm.transpose_forward]
-    current = cm.spacing if len(cm.spacing) == len(shape_cropped) else [spacing_t[0], *cm.spacing]
-    seg = resample_label_map(seg.astype(np.uint8, copy=False), shape_cropped, current, spacing_t, cm)
-    full = np.zeros(props["shape_before_cropping"], dtype=np.uint8)
-    full = insert_crop_into_image(full, seg, props["bbox_used_for_cropping"])
-    return np.asarray(full).transpose(pm.transpose_backward)
-
-
 class KiTSCascadePredictor:
     """Three stock ``nnUNetPredictor`` objects (221 coarse, 222 fine, 223 masses) run as one cascade.
 
@@ -294,32 +191,56 @@ class KiTSCascadePredictor:
         return cls(coarse, fine, masses, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- arrays
-    def coarse_mask(self, ct: np.ndarray, geometry: Geometry) -> np.ndarray:
-        """Stage 221 on the full CT (file order in, file-order bool mask out), via :func:`coarse_label_map`."""
+    def coarse_lowres(self, ct: np.ndarray, geometry: Geometry) -> LowresLabelMap:
+        """Stage 221 on the full CT (file order), kept at the network's resolution."""
         if self.coarse is None:
             raise KitsInputError("no coarse model loaded and no coarse mask given")
         r = Reorientation.from_geometry(geometry)
         image = r.to_nnunet(ct.astype(np.float32, copy=False))[None]
-        seg_nn = coarse_label_map(self.coarse, image, r.spacing_to_nnunet(geometry.spacing_np))
-        return r.from_nnunet(seg_nn) > 0
+        return coarse_lowres(self.coarse, image, r.spacing_to_nnunet(geometry.spacing_np))
+
+    def coarse_mask(self, ct: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """Stage 221 as a full-size file-order bool mask (for inspection; the cascade itself only needs
+        :meth:`coarse_boxes`)."""
+        lowres = self.coarse_lowres(ct, geometry)
+        return Reorientation.from_geometry(geometry).from_nnunet(lowres.to_full(self.coarse.configuration_manager)) > 0
+
+    def coarse_boxes(self, ct: np.ndarray, geometry: Geometry) -> list[roi.Box]:
+        """ROI boxes (file order) from stage 221, taken from its low-resolution map: per component above
+        ``min_roi_volume_mm3`` (the largest always kept), grown by ``margin_mm``, merged."""
+        lowres = self.coarse_lowres(ct, geometry)
+        r = Reorientation.from_geometry(geometry)
+        tight = [r.box_from_nnunet(b, lowres.input_shape) for b in lowres.component_boxes(self.min_roi_volume_mm3)]
+        return roi.pad_and_merge(tight, self.margin_mm, geometry.spacing_np, ct.shape)
 
     def predict_array(
-        self, ct: np.ndarray, geometry: Geometry, coarse_mask: np.ndarray | None = None
+        self,
+        ct: np.ndarray,
+        geometry: Geometry,
+        coarse_mask: np.ndarray | None = None,
+        boxes: Sequence[roi.Box] | None = None,
     ) -> CascadeResult:
         """Cascade on a CT array in file order (SimpleITK numpy order) with its header; no file I/O.
 
-        ``coarse_mask`` (file order, any dtype, foreground > 0) replaces stage 221 when given.
+        ``coarse_mask`` (file order, any dtype, foreground > 0) replaces stage 221 when given; ``boxes``
+        (file-order ROIs, e.g. from a ``crops.json``) replace both stage 221 and the box computation.
         """
         if ct.shape != geometry.shape:
             raise ValueError(f"CT shape {ct.shape} does not match geometry {geometry.shape}")
+        spacing = geometry.spacing_np
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        if coarse_mask is None:
-            coarse_mask = self.coarse_mask(ct, geometry)
+        if boxes is not None:
+            boxes = [[[int(a), int(b)] for a, b in box] for box in boxes]
+            for box in boxes:
+                if len(box) != ct.ndim or any(not 0 <= a < b <= n for (a, b), n in zip(box, ct.shape)):
+                    raise KitsInputError(f"ROI box {box} does not lie inside the CT of shape {ct.shape}")
+        elif coarse_mask is None:
+            boxes = self.coarse_boxes(ct, geometry)
         elif coarse_mask.shape != ct.shape:
             raise KitsInputError(f"coarse mask shape {coarse_mask.shape} differs from CT shape {ct.shape}")
-        spacing = geometry.spacing_np
-        boxes = roi.roi_boxes(coarse_mask > 0, spacing, self.margin_mm, self.min_roi_volume_mm3)
+        else:
+            boxes = roi.roi_boxes(coarse_mask > 0, spacing, self.margin_mm, self.min_roi_volume_mm3)
         del coarse_mask
         timings["coarse"] = time.perf_counter() - t
 

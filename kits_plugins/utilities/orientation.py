@@ -66,3 +66,11 @@ class Reorientation:
             target, flip = self.ornt[2 - n]
             out.append((2 - int(target), bool(flip < 0)))
         return tuple(out)
+
+    def box_from_nnunet(self, box: Sequence[Sequence[int]], shape_nn: Sequence[int]) -> list[list[int]]:
+        """A half-open box in nnU-Net order (on an array of ``shape_nn``) -> the same voxels' box in file order."""
+        out = []
+        for target, flipped in self.axis_map:
+            a, b = (int(v) for v in box[target])
+            out.append([int(shape_nn[target]) - b, int(shape_nn[target]) - a] if flipped else [a, b])
+        return out

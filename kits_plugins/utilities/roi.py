@@ -124,8 +124,14 @@ def roi_boxes(
     clamped at the image border, overlapping boxes merged (a horseshoe kidney gives one box).
     Sorted by position. Empty list for an empty mask."""
     comps = component_boxes(mask, spacing, min_volume_mm3)
-    padded = [pad_box_mm(box, margin_mm, spacing, mask.shape) for box, _ in comps]
-    return merge_overlapping(padded)
+    return pad_and_merge([box for box, _ in comps], margin_mm, spacing, mask.shape)
+
+
+def pad_and_merge(
+    boxes: Sequence[Box], margin_mm: float | Sequence[float], spacing: Sequence[float], shape: Sequence[int]
+) -> list[Box]:
+    """ROIs from tight component boxes: each grown by ``margin_mm`` and clamped, overlapping ones merged."""
+    return merge_overlapping([pad_box_mm(box, margin_mm, spacing, shape) for box in boxes])
 
 
 def jitter_box(

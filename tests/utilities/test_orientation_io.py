@@ -34,6 +34,21 @@ def test_reorientation_matches_nnunet_reader(tmp_path, seed):
         assert arr.shape[file_axis] == ref.shape[1 + nn_axis]
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_box_from_nnunet_is_the_same_voxels(seed):
+    """A box found in nnU-Net order maps to the box of the same voxels in file order (flips included)."""
+    from kits_plugins.utilities.roi import outer_box
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((9, 11, 13), bool)
+    lo = rng.integers(0, 4, 3)
+    hi = lo + rng.integers(1, 5, 3)
+    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    r = Reorientation.from_geometry(_random_geometry(rng, mask.shape))
+    mask_nn = r.to_nnunet(mask)
+    assert r.box_from_nnunet(outer_box(mask_nn), mask_nn.shape) == outer_box(mask)
+
+
 def test_write_read_roundtrip_and_subvolume_origin(tmp_path):
     d = np.array([[0, 0, 1], [0, 1, 0], [-1, 0, 0]], dtype=float)  # KiTS23's permuted direction
     geom = Geometry((0.0, 0.0, 0.0), (2.5, 0.8203125, 0.8203125), tuple(d.ravel()), (7, 9, 11))

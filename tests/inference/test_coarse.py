@@ -1,0 +1,123 @@
+"""Slab-wise coarse-stage preprocessing against nnU-Net's own ``run_case_npy``, and ROI boxes taken from
+the low-resolution map against boxes of the full-size resampled map."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from scipy import ndimage
+
+from kits_plugins.inference.coarse import LowresLabelMap, lean_preprocessing_supported, preprocess_lowres
+from kits_plugins.utilities import roi
+
+
+def _predictor(spacing, transpose=(0, 1, 2), normalization="CTNormalization", order=3, force_separate_z=None):
+    """What preprocess_lowres reads from an nnUNetPredictor: plans/configuration managers and dataset.json."""
+    resampling = {"is_seg": False, "order": order, "order_z": 0, "force_separate_z": force_separate_z}
+    config = {
+        "data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+        "patch_size": [16, 16, 16], "median_image_size_in_voxels": [16, 16, 16], "spacing": list(spacing),
+        "normalization_schemes": [normalization], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling,
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
+        "architecture": {"network_class_name": "x", "arch_kwargs": {}, "_kw_requires_import": []},
+        "batch_dice": False,
+    }
+    backward = [int(i) for i in np.argsort(transpose)]
+    plans = {
+        "dataset_name": "x", "plans_name": "p", "original_median_spacing_after_transp": list(spacing),
+        "original_median_shape_after_transp": [16, 16, 16], "image_reader_writer": "NibabelIOWithReorient",
+        "transpose_forward": list(transpose), "transpose_backward": backward,
+        "configurations": {"3d_lowres": config}, "experiment_planner_used": "x", "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": {
+            "max": 1500.0, "mean": 60.0, "median": 50.0, "min": -1000.0, "percentile_00_5": -150.0,
+            "percentile_99_5": 300.0, "std": 90.0}},
+    }
+    pm = PlansManager(plans)
+    ds = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "kidney": 1}, "file_ending": ".nii.gz"}
+    return SimpleNamespace(plans_manager=pm, configuration_manager=pm.get_configuration("3d_lowres"), dataset_json=ds)
+
+
+def _ct(shape, seed=0, zero_frame=True):
+    rng = np.random.default_rng(seed)
+    ct = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.5).astype(np.float32) * 900 + 40
+    if zero_frame:  # exactly-zero border: nnU-Net crops it away
+        ct[:2] = 0
+        ct[:, -3:] = 0
+    return ct
+
+
+@pytest.mark.parametrize(
+    "image_spacing, target, transpose",
+    [
+        ((3.0, 0.8, 0.8), (2.0, 1.9, 1.9), (0, 1, 2)),  # thick slices: nnU-Net's separate-z path
+        ((1.0, 0.8, 0.8), (2.0, 1.9, 1.9), (0, 1, 2)),  # near-isotropic: one 3-D cubic resize in nnU-Net
+        ((0.8, 3.0, 0.8), (1.9, 2.0, 1.9), (1, 0, 2)),  # transposed plans, separate-z along another axis
+        ((0.8, 1.0, 0.9), (1.6, 1.9, 2.1), (2, 0, 1)),  # transposed plans, 3-D
+    ],
+)
+@pytest.mark.parametrize("chunk", [97, 2**22])
+def test_slab_preprocessing_equals_run_case_npy(image_spacing, target, transpose, chunk):
+    p = _predictor(target, transpose)
+    image = _ct((23, 37, 31))[None]
+    ref, _, ref_props = p.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
+        image.copy(), None, {"spacing": list(image_spacing)}, p.plans_manager, p.configuration_manager, p.dataset_json)
+    before = image.copy()
+    got, props = preprocess_lowres(p, image, image_spacing, chunk_voxels=chunk)
+    assert np.array_equal(image, before)  # the input is not modified
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert np.abs(got - ref).max() < 1e-4, np.abs(got - ref).max()
+    for key in ("shape_before_cropping", "shape_after_cropping_and_before_resampling"):
+        assert tuple(props[key]) == tuple(ref_props[key])
+    assert [list(map(int, b)) for b in props["bbox_used_for_cropping"]] == \
+        [list(map(int, b)) for b in ref_props["bbox_used_for_cropping"]]
+
+
+def test_unsupported_schemes_fall_back_to_run_case_npy():
+    p = _predictor((2.0, 1.9, 1.9), normalization="ZScoreNormalization")  # global mean/std: not slab-wise
+    assert not lean_preprocessing_supported(p.configuration_manager)
+    assert lean_preprocessing_supported(_predictor((2.0, 1.9, 1.9)).configuration_manager)
+    image = _ct((12, 20, 18))[None]
+    ref = p.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
+        image.copy(), None, {"spacing": [1.0, 0.8, 0.8]}, p.plans_manager, p.configuration_manager, p.dataset_json)[0]
+    got, _ = preprocess_lowres(p, image, (1.0, 0.8, 0.8))
+    assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("transpose", [(0, 1, 2), (2, 0, 1)])
+def test_lowres_boxes_contain_the_resampled_map_boxes(transpose):
+    """Boxes from the low-res map's components vs components of the map resampled to the input grid."""
+    low = np.zeros((14, 20, 18), np.uint8)
+    low[3:8, 2:7, 4:9] = 1  # "left kidney"
+    low[4:10, 12:18, 6:12] = 1  # "right kidney"
+    low[12, 19, 17] = 1  # a speck: dropped by the volume threshold
+    low[3:5, 3:5, 5:7] = 2  # another foreground label inside the first
+    input_shape_t = (33, 47, 40)  # cropped input, internal (transposed) order
+    crop = [[2, 35], [0, 47], [3, 43]]
+    props = {"spacing": [1.0, 1.0, 1.0], "shape_before_cropping": (37, 47, 45),
+             "bbox_used_for_cropping": crop, "shape_after_cropping_and_before_resampling": input_shape_t}
+    backward = tuple(int(i) for i in np.argsort(transpose))
+    spacing_low = (2.0, 2.1, 2.2)
+    lowres = LowresLabelMap(low, spacing_low, props, backward)
+    assert lowres.input_shape == tuple(props["shape_before_cropping"][i] for i in backward)
+    p = _predictor(spacing_low, transpose, order=1)
+    full = lowres.to_full(p.configuration_manager)
+    assert full.shape == lowres.input_shape and full.dtype == np.uint8
+
+    got = lowres.component_boxes(min_volume_mm3=10 * np.prod(spacing_low))
+    ref = [b for b, _ in roi.component_boxes(full > 0, (1.0, 1.0, 1.0))][:2]
+    assert len(got) == 2
+    for g_box, r_box in zip(sorted(got), sorted(ref)):
+        for d, ((a, b), (c, e)) in enumerate(zip(g_box, r_box)):
+            f = props["shape_after_cropping_and_before_resampling"][transpose[d]] / low.shape[transpose[d]]
+            assert a <= c and b >= e, (g_box, r_box)  # contains the resampled component
+            assert c - a <= np.ceil(f) and b - e <= np.ceil(f)  # by at most one low-res voxel per side
+    # the largest component is kept even when it is below the volume threshold
+    assert len(lowres.component_boxes(min_volume_mm3=1e9)) == 1
+    assert LowresLabelMap(np.zeros_like(low), spacing_low, props, backward).component_boxes() == []
