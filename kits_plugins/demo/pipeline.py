@@ -81,11 +81,14 @@ class Demo:
 
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # the shim first (the demo's trainers must be ours), then whatever folders the user already exports
+        shim = str(trainer_path())
+        ext = [shim, *(p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != shim)]
         env.update(
             nnUNet_raw=str(self.w / "nnUNet_raw"),
             nnUNet_preprocessed=str(self.w / "nnUNet_preprocessed"),
             nnUNet_results=str(self.w / "nnUNet_results"),
-            nnUNet_extTrainer=str(trainer_path()),
+            nnUNet_extTrainer=os.pathsep.join(ext),
             nnUNet_compile="false",
         )
         env.setdefault("nnUNet_def_n_proc", "2")

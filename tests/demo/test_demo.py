@@ -24,6 +24,20 @@ def test_step_runs_once_then_resumes(tmp_path):
     assert second.skipped and out.read_text() == "x"  # not run again
 
 
+def test_env_puts_the_shim_first_and_keeps_the_users_trainer_folders(tmp_path, monkeypatch):
+    import os
+
+    from kits_plugins.training.commands import trainer_path
+
+    shim = str(trainer_path())
+    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join(["/opt/my_trainers", shim]))
+    env = Demo(DemoSettings(workdir=tmp_path)).env()
+    assert env["nnUNet_extTrainer"].split(os.pathsep) == [shim, "/opt/my_trainers"]
+    assert env["nnUNet_results"] == str(tmp_path.resolve() / "nnUNet_results") and env["nnUNet_compile"] == "false"
+    monkeypatch.delenv("nnUNet_extTrainer")
+    assert Demo(DemoSettings(workdir=tmp_path)).env()["nnUNet_extTrainer"] == shim
+
+
 def test_failed_step_raises_and_leaves_no_marker(tmp_path):
     demo = Demo(DemoSettings(workdir=tmp_path))
     with pytest.raises(RuntimeError, match="demo step 'boom' failed \\(exit 3\\)"):
