@@ -8,21 +8,26 @@ fresh worker process so its peak RSS (``ru_maxrss``) is its own:
     preprocessing, sliding window, resampling and segmentation export path ``nnUNetv2_predict`` uses, without
     its worker pool);
 (b) ``cascade``: :class:`KiTSCascadePredictor`: stage 221 (3d_lowres, ~2.5x the target spacing) on the whole
-    CT, then stages 222 and 223 (3d_fullres at the target spacing) on the kidney ROIs;
-(c) ``oracle``: the cascade with the ground-truth kidney+masses mask instead of stage 221.
+    CT (``coarse_boxes``: slab-wise preprocessing, boxes from the low-resolution map), then stages 222 and
+    223 (3d_fullres at the target spacing) on the kidney ROIs;
+(c) ``oracle``: the cascade with ROI boxes from the ground-truth kidney+masses mask instead of stage 221.
 
 Same network topology on both sides (nnU-Net's 6-stage PlainConvUNet with 128^3 patches as planned for
 KiTS) but NARROWED feature widths (``--features``, default 4..64 instead of 32..320) so it runs on a CPU;
 weights are random with a fixed seed (timing does not depend on them). Because an untrained stage 221 gives
 no meaningful mask, (b) runs stage 221 in full (its time and memory count) and then takes the ROI boxes from
 the ground truth, like (c); stage 222's final bias is set so its mask is non-empty and stage 223 always runs.
-Mirroring (TTA) is off on both sides by default (``--tta`` turns it on for both). The CT is synthesized from
-the label map (``kits_plugins.synthetic`` when it offers ``synthesize_ct_from_label``, else a cheap
-per-label HU + noise stand-in); synthesis is not timed.
+Mirroring (TTA) is off on both sides by default (``--tta`` turns it on for both). The CT is synthesized once
+per case from the label map by the parent process (``kits_plugins.synthetic.synthesize_ct_from_label``,
+int16 like real KiTS23 files) and saved as ``.npy``; each worker loads it and casts it to float32 as reading
+the NIfTI would, so a worker's peak RSS is imports + CT + prediction, not the synthesis. The ground-truth
+ROI boxes (15 mm margin, as ``kits predict``) are computed by the parent and passed as JSON. The parent
+polls each worker's RSS and stops it above ``--max-rss-gb`` (recorded as an error with the RSS reached).
+Results are merged into ``--out`` case by case, so cases can be run (and rerun) separately.
 
     python benchmarks/cascade_vs_fullres.py --out benchmarks/results/cascade_vs_fullres.json \
         [--shared ../shared/kits23] [--cases case_00065 case_00142 case_00151] [--variants stock cascade oracle]
-        [--step-size 0.5]
+        [--step-size 0.5] [--max-rss-gb 20]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,35 +138,37 @@ def _predictor(config, spacing, channels, labels, rco, features, seed, tta, fg_b
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def synthesize_ct(label: np.ndarray, geometry, seed: int = 0) -> tuple[np.ndarray, str]:
-    """CT-like float32 volume for ``label`` (file order); the package's synthesizer when it exists."""
-    try:
-        from kits_plugins.synthetic import synthesize_ct_from_label  # built by another issue
+def prepare_case(label_path: Path, workdir: Path, seed: int) -> dict:
+    """Synthesize the case's CT (int16 .npy) and ground-truth ROI boxes once, for every variant's worker."""
+    from kits_plugins.constants import DEFAULT_MARGIN_MM, DEFAULT_MIN_ROI_VOLUME_MM3
+    from kits_plugins.synthetic import synthesize_ct_from_label
+    from kits_plugins.utilities import roi
+    from kits_plugins.utilities.image_io import read_label
 
-        ct = synthesize_ct_from_label(label, geometry, seed=seed)
-        return np.asarray(ct, dtype=np.float32), "kits_plugins.synthetic.synthesize_ct_from_label"
-    except (ImportError, TypeError):
-        pass
-    rng = np.random.default_rng(seed)
-    lut = np.array([-80.0, 180.0, 90.0, 10.0], np.float32)  # fat/soft tissue, kidney, tumor, cyst
-    ct = np.empty(label.shape, np.float32)
-    for z in range(label.shape[0]):  # slab-wise: no full-size float64 temporaries
-        ct[z] = lut[label[z]] + rng.normal(0, 15, label.shape[1:]).astype(np.float32)
-    return ct, "stand-in: per-label HU (-80, 180, 90, 10) + N(0, 15) noise"
+    label, g = read_label(label_path)
+    boxes = roi.roi_boxes(label > 0, g.spacing_np, DEFAULT_MARGIN_MM, DEFAULT_MIN_ROI_VOLUME_MM3)
+    ct = synthesize_ct_from_label(label, g, seed=seed)
+    del label
+    np.save(workdir / "ct.npy", ct)
+    case = {"geometry": g.to_dict(), "boxes": boxes, "ct": str(workdir / "ct.npy"), "ct_dtype": str(ct.dtype)}
+    (workdir / "case.json").write_text(json.dumps(case))
+    return case
 
 
 # ---------------------------------------------------------------------------------------------------- worker
-def worker(label_path: str, variant: str, features: list[int], tta: bool, seed: int, step: float = 0.5) -> dict:
+def worker(case_json: str, variant: str, features: list[int], tta: bool, seed: int, step: float = 0.5) -> dict:
     import torch
 
     from kits_plugins.inference.cascade import KiTSCascadePredictor
-    from kits_plugins.utilities.image_io import read_label
+    from kits_plugins.utilities.image_io import Geometry
     from kits_plugins.utilities.orientation import Reorientation
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    label, g = read_label(label_path)
-    ct, synth = synthesize_ct(label, g, seed)
-    out: dict = {"variant": variant, "shape": list(g.shape), "spacing_np": list(g.spacing_np), "synthesis": synth}
+    case = json.loads(Path(case_json).read_text())
+    g = Geometry.from_dict(case["geometry"])
+    ct = np.load(case["ct"]).astype(np.float32)  # as reading the int16 NIfTI as float32 would
+    out: dict = {"variant": variant, "shape": list(g.shape), "spacing_np": list(g.spacing_np),
+                 "synthesis": "kits_plugins.synthetic.synthesize_ct_from_label"}
     ct_ch = {"0": "CT"}
     binary = {"background": 0, "kidney": 1}
     if variant == "stock":
@@ -185,10 +193,10 @@ def worker(label_path: str, variant: str, features: list[int], tta: bool, seed: 
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t = time.perf_counter()
         coarse_s = 0.0
-        if variant == "cascade":  # run stage 221 for its cost; an untrained model's mask is meaningless
-            cascade.coarse_mask(ct, g)
+        if variant == "cascade":  # run stage 221 for its cost; an untrained model's boxes are meaningless
+            out["coarse_boxes_untrained"] = len(cascade.coarse_boxes(ct, g))
             coarse_s = time.perf_counter() - t
-        res = cascade.predict_array(ct, g, coarse_mask=label)
+        res = cascade.predict_array(ct, g, boxes=case["boxes"])
         out["time_s"] = time.perf_counter() - t
         info = res.info()
         info["coarse"] = round(coarse_s, 3)
@@ -197,6 +205,39 @@ def worker(label_path: str, variant: str, features: list[int], tta: bool, seed: 
     out["rss_before_predict_mb"] = rss0 / 1024
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
+
+
+def _run_worker(cmd: list[str], timeout: int, max_rss_mb: float) -> tuple[str, str, str | None, float]:
+    """Run one worker, polling its RSS (Linux /proc); stop it past ``timeout`` s or ``max_rss_mb``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, error, start = 0.0, None, time.monotonic()
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+        import threading
+
+        pumps = [threading.Thread(target=lambda a, b: b.write(a.read()), args=(proc.stdout, so)),
+                 threading.Thread(target=lambda a, b: b.write(a.read()), args=(proc.stderr, se))]
+        for th in pumps:
+            th.start()
+        while proc.poll() is None:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                seen = max(seen, int(next(x for x in status.splitlines() if x.startswith("VmRSS:")).split()[1]) / 1024)
+            except (OSError, StopIteration, ValueError):
+                pass
+            if seen > max_rss_mb:
+                error = f"stopped: RSS {seen:.0f} MB exceeded --max-rss-gb ({max_rss_mb / 1024:.0f} GB)"
+            elif time.monotonic() - start > timeout:
+                error = f"timeout after {timeout} s"
+            if error:
+                proc.kill()
+                break
+            time.sleep(0.5)
+        proc.wait()
+        for th in pumps:
+            th.join()
+        so.seek(0)
+        se.seek(0)
+        return so.read(), se.read(), error, seen
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -213,7 +254,8 @@ def main() -> int:
     ap.add_argument("--step-size", type=float, default=0.5,
                     help="sliding-window tile step (fraction of the patch), all stages on both sides; 0.5 = nnU-Net")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per variant and case")
-    ap.add_argument("--_worker", nargs=2, metavar=("LABEL", "VARIANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--max-rss-gb", type=float, default=20.0, help="stop a worker whose RSS exceeds this")
+    ap.add_argument("--_worker", nargs=2, metavar=("CASE_JSON", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._worker:
         print("BENCH_RESULT " + json.dumps(worker(args._worker[0], args._worker[1], args.features, args.tta, args.seed,
@@ -222,6 +264,8 @@ def main() -> int:
 
     import torch
 
+    out_path = Path(args.out)
+    previous = json.loads(out_path.read_text()) if out_path.is_file() and out_path.stat().st_size else {}
     results: dict = {
         "benchmark": "cascade_vs_fullres",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu",
@@ -230,34 +274,37 @@ def main() -> int:
                     "stock_nnunet_features_per_stage": STOCK_FEATURES,
                     "note": "narrowed feature widths for CPU; same topology on both sides; random fixed weights"},
         "target_spacing": TARGET_SPACING, "lowres_spacing": LOWRES_SPACING, "tta": args.tta,
-        "tile_step_size": args.step_size,
-        "notes": "cascade (b) runs stage 221 in full but takes ROI boxes from the ground truth (untrained model); "
-                 "oracle (c) skips stage 221. Wall time of the prediction only (CT synthesis excluded). Stage 221 runs "
-                 "through kits_plugins.inference.cascade.coarse_label_map (argmax at low resolution, only the uint8 "
-                 "label map resampled back); stages 222/223 and stock through predict_single_npy_array.",
-        "cases": {},
+        "notes": "cascade (b) runs stage 221 in full (KiTSCascadePredictor.coarse_boxes) but takes ROI boxes from "
+                 "the ground truth (untrained model); oracle (c) skips stage 221. Wall time and peak RSS of one "
+                 "worker process per variant; the CT (synthesized once per case, int16 .npy) is loaded and cast to "
+                 "float32 before timing starts; rss_before_predict_mb is imports + CT + models. Each case records "
+                 "its tile_step_size (all stages, both sides) and the command that produced it.",
+        "cases": previous.get("cases", {}),
     }
     for case in args.cases:
         label = Path(args.shared) / "labels" / f"{case}.nii.gz"
         if not label.is_file():
             print(f"{case}: {label} not found, skipped")
             continue
-        entry: dict = {}
-        for variant in args.variants:
-            cmd = [sys.executable, __file__, "--out", os.devnull, "--_worker", str(label), variant,
-                   "--features", *map(str, args.features), "--seed", str(args.seed),
-                   "--step-size", str(args.step_size)] + (["--tta"] if args.tta else [])
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                entry[variant] = {"error": f"timeout after {args.timeout} s"}
-                print(f"{case} {variant}: timeout")
-                continue
-            line = [x for x in proc.stdout.splitlines() if x.startswith("BENCH_RESULT ")]
-            entry[variant] = json.loads(line[-1][len("BENCH_RESULT "):]) if line else {
-                "error": (proc.stderr or proc.stdout)[-2000:]}
-            print(f"{case} {variant}: {entry[variant].get('time_s', 'error')} s, "
-                  f"{entry[variant].get('peak_rss_mb', '-')} MB")
+        entry: dict = {"tile_step_size": args.step_size,
+                       "run": f"python benchmarks/cascade_vs_fullres.py --out {args.out} --cases {case} "
+                              f"--step-size {args.step_size} --variants {' '.join(args.variants)}"}
+        with tempfile.TemporaryDirectory(prefix=f"bench_{case}_") as tmp:
+            t = time.perf_counter()
+            prepare_case(label, Path(tmp), args.seed)
+            print(f"{case}: CT synthesized in {time.perf_counter() - t:.0f} s")
+            for variant in args.variants:
+                cmd = [sys.executable, __file__, "--out", os.devnull, "--_worker", str(Path(tmp) / "case.json"),
+                       variant, "--features", *map(str, args.features), "--seed", str(args.seed),
+                       "--step-size", str(args.step_size)] + (["--tta"] if args.tta else [])
+                stdout, stderr, error, seen = _run_worker(cmd, args.timeout, args.max_rss_gb * 1024)
+                line = [x for x in stdout.splitlines() if x.startswith("BENCH_RESULT ")]
+                if line:
+                    entry[variant] = json.loads(line[-1][len("BENCH_RESULT "):])
+                else:
+                    entry[variant] = {"error": error or (stderr or stdout)[-2000:], "max_rss_seen_mb": round(seen)}
+                print(f"{case} {variant}: {entry[variant].get('time_s', entry[variant].get('error'))} s, "
+                      f"{entry[variant].get('peak_rss_mb', seen)} MB", flush=True)
         a = entry.get("stock", {})
         for v in ("cascade", "oracle"):
             b = entry.get(v, {})
@@ -267,20 +314,21 @@ def main() -> int:
         if "cascade_time_ratio" in entry:
             entry["time_ratio"], entry["rss_ratio"] = entry["cascade_time_ratio"], entry["cascade_rss_ratio"]
         results["cases"][case] = entry
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=1))
 
-    print(f"\n{'case':<12}{'variant':<9}{'time s':>9}{'peak MB':>10}{'ROIs':>6}{'ROI %':>7}{'t ratio':>9}{'rss ratio':>10}")
+    print(f"\n{'case':<12}{'step':>5} {'variant':<9}{'time s':>9}{'peak MB':>10}{'ROIs':>6}{'ROI %':>7}"
+          f"{'t ratio':>9}{'rss ratio':>10}")
     for case, entry in results["cases"].items():
-        for v in args.variants:
+        for v in ("stock", "cascade", "oracle"):
             r = entry.get(v, {})
             if "time_s" not in r:
-                print(f"{case:<12}{v:<9}  error")
+                print(f"{case:<12}{entry.get('tile_step_size', '-')!s:>5} {v:<9}  {r.get('error', 'not run')[:60]}")
                 continue
             tr = entry.get(f"{v}_time_ratio", 1.0 if v == "stock" else float("nan"))
             rr = entry.get(f"{v}_rss_ratio", 1.0 if v == "stock" else float("nan"))
-            print(f"{case:<12}{v:<9}{r['time_s']:>9.1f}{r['peak_rss_mb']:>10.0f}{r.get('n_rois', '-')!s:>6}"
-                  f"{100 * r.get('roi_fraction', 1.0):>7.1f}{tr:>9.3f}{rr:>10.3f}")
+            print(f"{case:<12}{entry.get('tile_step_size', '-')!s:>5} {v:<9}{r['time_s']:>9.1f}{r['peak_rss_mb']:>10.0f}"
+                  f"{r.get('n_rois', '-')!s:>6}{100 * r.get('roi_fraction', 1.0):>7.1f}{tr:>9.3f}{rr:>10.3f}")
     return 0
 
 
