@@ -37,6 +37,7 @@ from kits_plugins.inference.model_discovery import (
 from kits_plugins.utilities import roi
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_image, read_label, write_image
 from kits_plugins.utilities.orientation import Reorientation
+from kits_plugins.utilities.plans_builder import minimal_plans
 
 torch.set_num_threads(1)
 
@@ -76,45 +77,12 @@ STAGE_DEFS = {
 
 
 def _plans(name: str, config: str, spacing, n_channels: int, weights, bias) -> dict:
-    configuration = {
-        "data_identifier": f"kitsPlans_{config}",
-        "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": 2,
-        "patch_size": [16, 16, 16],
-        "median_image_size_in_voxels": [16, 32, 32],
-        "spacing": spacing,
-        "normalization_schemes": ["NoNormalization"] * n_channels,
-        "use_mask_for_norm": [False] * n_channels,
-        "resampling_fn_data": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        "architecture": {
-            "network_class_name": "kits_test_threshold_nets.ThresholdNet",
-            "arch_kwargs": {"weights": weights, "bias": bias},
-            "_kw_requires_import": [],
-        },
-        "batch_dice": False,
-    }
-    return {
-        "dataset_name": name,
-        "plans_name": "kitsPlans",
-        "original_median_spacing_after_transp": [1.5, 1.5, 3.0],
-        "original_median_shape_after_transp": [16, 32, 32],
-        "image_reader_writer": "NibabelIOWithReorient",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {config: configuration},
-        "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {
-            str(c): {"max": 1000.0, "mean": 0.0, "median": 0.0, "min": -1000.0, "percentile_00_5": -1000.0,
-                     "percentile_99_5": 1000.0, "std": 100.0}
-            for c in range(n_channels)
-        },
-    }
+    arch = {"network_class_name": "kits_test_threshold_nets.ThresholdNet",
+            "arch_kwargs": {"weights": weights, "bias": bias}, "_kw_requires_import": []}
+    props = {"max": 1000.0, "mean": 0.0, "median": 0.0, "min": -1000.0, "percentile_00_5": -1000.0,
+             "percentile_99_5": 1000.0, "std": 100.0}
+    return minimal_plans(config, spacing, ["NoNormalization"] * n_channels, arch, patch_size=(16, 16, 16),
+                         data_order=1, intensity_properties=props, median_shape=(16, 32, 32), dataset_name=name)
 
 
 @pytest.fixture(scope="module")

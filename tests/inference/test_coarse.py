@@ -12,34 +12,15 @@ from scipy import ndimage
 
 from kits_plugins.inference.coarse import LowresLabelMap, lean_preprocessing_supported, preprocess_lowres
 from kits_plugins.utilities import roi
+from kits_plugins.utilities.plans_builder import minimal_plans
 
 
-def _predictor(spacing, transpose=(0, 1, 2), normalization="CTNormalization", order=3, force_separate_z=None):
+def _predictor(spacing, transpose=(0, 1, 2), normalization="CTNormalization", order=3):
     """What preprocess_lowres reads from an nnUNetPredictor: plans/configuration managers and dataset.json."""
-    resampling = {"is_seg": False, "order": order, "order_z": 0, "force_separate_z": force_separate_z}
-    config = {
-        "data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-        "patch_size": [16, 16, 16], "median_image_size_in_voxels": [16, 16, 16], "spacing": list(spacing),
-        "normalization_schemes": [normalization], "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling,
-        "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
-        "architecture": {"network_class_name": "x", "arch_kwargs": {}, "_kw_requires_import": []},
-        "batch_dice": False,
-    }
-    backward = [int(i) for i in np.argsort(transpose)]
-    plans = {
-        "dataset_name": "x", "plans_name": "p", "original_median_spacing_after_transp": list(spacing),
-        "original_median_shape_after_transp": [16, 16, 16], "image_reader_writer": "NibabelIOWithReorient",
-        "transpose_forward": list(transpose), "transpose_backward": backward,
-        "configurations": {"3d_lowres": config}, "experiment_planner_used": "x", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": {
-            "max": 1500.0, "mean": 60.0, "median": 50.0, "min": -1000.0, "percentile_00_5": -150.0,
-            "percentile_99_5": 300.0, "std": 90.0}},
-    }
-    pm = PlansManager(plans)
+    props = {"max": 1500.0, "mean": 60.0, "median": 50.0, "min": -1000.0, "percentile_00_5": -150.0,
+             "percentile_99_5": 300.0, "std": 90.0}
+    pm = PlansManager(minimal_plans("3d_lowres", spacing, [normalization], patch_size=(16, 16, 16), data_order=order,
+                                    transpose_forward=transpose, intensity_properties=props))
     ds = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "kidney": 1}, "file_ending": ".nii.gz"}
     return SimpleNamespace(plans_manager=pm, configuration_manager=pm.get_configuration("3d_lowres"), dataset_json=ds)
 
