@@ -1,6 +1,7 @@
 """The coarse-to-fine cascade predictor: raw CT -> KiTS label map (0 background, 1 kidney, 2 tumor, 3 cyst).
 
-Per case, the CT is read once (SimpleITK, file order, exact header) and kept as float32:
+Per case, the CT is read once (SimpleITK, file order, exact header) and kept as stored (:func:`read_ct`;
+int16 for KiTS23, half the memory of float32):
 
 1. coarse kidney+masses map: stage 221 (3d_lowres) on the full CT, kept at the network's resolution
    (:mod:`kits_plugins.inference.coarse`: slab-wise preprocessing, argmax at low resolution);
@@ -17,7 +18,7 @@ no worker process is spawned per ROI. Stages 222/223 are called through ``predic
 through :func:`kits_plugins.inference.coarse.coarse_lowres`: nnU-Net's own preprocessing, sliding window and
 argmax, with no full-size float copy and no full-size coarse mask. Arrays are handed to nnU-Net in the order
 its ``NibabelIOWithReorient`` reader produces (see ``kits_plugins.utilities.orientation``) and mapped back.
-Full-size arrays held: the float32 CT and the uint8 output.
+Full-size arrays held: the CT (as stored) and the uint8 output.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from kits_plugins.utilities.orientation import Reorientation
 
 EMPTY_MASK_POLICIES = ("zeros", "whole")
 TIMING_KEYS = ("read", "coarse", "fine", "masses", "postprocess", "write")
+#: CT types kept as stored by :func:`read_ct`: every value exact in float32, at most 4 bytes
+NATIVE_CT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.float32))
 
 
 def combine_stage_outputs(fine_mask: np.ndarray, masses: np.ndarray) -> np.ndarray:
@@ -85,6 +88,21 @@ def masses_label_lut(labels: dict) -> np.ndarray:
     lut[cyst] = CYST
     lut[tumor] = TUMOR
     return lut
+
+
+def read_ct(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """A CT as stored when float32 holds its values exactly in at most 4 bytes (KiTS23's int16: half the
+    memory of float32 for the whole run; every stage converts its own input to float32), else as float32.
+    NaN or infinite values are rejected, naming the file."""
+    ct, g = read_image(path)
+    if ct.dtype not in NATIVE_CT_DTYPES:
+        ct = ct.astype(np.float32)
+    if ct.dtype.kind == "f":
+        step = max(1, (1 << 24) // max(1, ct[0].size))
+        for z in range(0, ct.shape[0], step):  # slabs: no full-size bool array
+            if not np.isfinite(ct[z : z + step]).all():
+                raise KitsInputError(f"{path}: CT contains NaN or infinite values (first in slices {z}-{z + step})")
+    return ct, g
 
 
 @dataclass
@@ -196,7 +214,7 @@ class KiTSCascadePredictor:
         if self.coarse is None:
             raise KitsInputError("no coarse model loaded and no coarse mask given")
         r = Reorientation.from_geometry(geometry)
-        image = r.to_nnunet(ct.astype(np.float32, copy=False))[None]
+        image = r.to_nnunet(ct)[None]  # any dtype: the preprocessing makes float32 slabs
         return coarse_lowres(self.coarse, image, r.spacing_to_nnunet(geometry.spacing_np))
 
     def coarse_mask(self, ct: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -274,6 +292,7 @@ class KiTSCascadePredictor:
         """Stages 222 and 223 on one ROI in nnU-Net order; combined labels (+ float16 probabilities)."""
         t = time.perf_counter()
         want = self.save_probabilities
+        ct_nn = np.asarray(ct_nn, dtype=np.float32)  # ROI-sized; the CT itself stays as stored
         out = _predict(self.fine, ct_nn[None], spacing_nn, want)
         fine_seg, fine_prob = out if want else (out, None)
         fine_mask = fine_seg > 0
@@ -283,7 +302,7 @@ class KiTSCascadePredictor:
         t = time.perf_counter()
         probs = None
         if fine_mask.any():
-            image = np.stack([ct_nn.astype(np.float32, copy=False), fine_mask.astype(np.float32)])
+            image = np.stack([ct_nn, fine_mask.astype(np.float32)])
             out = _predict(self.masses, image, spacing_nn, want)
             masses_seg, masses_prob = out if want else (out, None)
             del image
@@ -318,7 +337,7 @@ class KiTSCascadePredictor:
     ) -> dict:
         """Read the CT once, run the cascade, write ``out_path`` with the CT's exact header; info dict."""
         t = time.perf_counter()
-        ct, g = read_image(ct_path, np.float32)
+        ct, g = read_ct(ct_path)
         mask = None
         if coarse_mask_path is not None:
             mask, mg = read_label(coarse_mask_path, max_label=255)

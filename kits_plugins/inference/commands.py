@@ -53,12 +53,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from kits_plugins.inference.cascade import KiTSCascadePredictor
     from kits_plugins.inference.model_discovery import stage_models
+    from kits_plugins.utilities.memory import return_freed_memory_to_os
 
     models = stage_models(
         folds=args.folds, plans=args.plans, checkpoint=args.checkpoint,
         coarse_trainer=args.coarse_trainer, fine_trainer=args.fine_trainer, masses_trainer=args.masses_trainer,
         coarse_config=args.coarse_config, fine_config=args.fine_config, masses_config=args.masses_config,
     )
+    return_freed_memory_to_os()  # whole scans: freed temporaries must not stay in the heap
     predictor = KiTSCascadePredictor.from_results(
         models, results=args.results, device=args.device, step_size=args.step_size,
         use_mirroring=not args.disable_tta, load_coarse=args.coarse_masks is None,

@@ -261,6 +261,42 @@ def test_postprocessing_is_applied_when_available(cascade):
     assert np.array_equal(res.segmentation, lab) and res.timings["postprocess"] >= 0
 
 
+def test_read_ct_keeps_int16_converts_float64_and_rejects_nan(tmp_path):
+    from kits_plugins.inference.cascade import read_ct
+
+    ct, lab, g = make_case()
+    write_image(np.round(ct).astype(np.int16), g, tmp_path / "a.nii.gz")
+    a, ga = read_ct(tmp_path / "a.nii.gz")
+    assert a.dtype == np.int16 and ga == g and np.array_equal(a, np.round(ct))  # half the memory of float32
+    write_image(ct.astype(np.float64), g, tmp_path / "b.nii.gz")
+    b, _ = read_ct(tmp_path / "b.nii.gz")
+    assert b.dtype == np.float32 and np.array_equal(b, ct)  # never a float64 volume
+    bad = ct.copy()
+    bad[20, 3, 5] = np.nan
+    write_image(bad, g, tmp_path / "c.nrrd")  # (ITK's NIfTI reader turns NaN into 0 before we see it)
+    with pytest.raises(KitsInputError, match=r"c\.nrrd: CT contains NaN"):
+        read_ct(tmp_path / "c.nrrd")
+
+
+def test_int16_ct_gives_the_same_labels_as_float32(cascade):
+    ct, lab, g = make_case()
+    ct16 = np.round(ct).astype(np.int16)
+    a = cascade.predict_array(ct16, g).segmentation
+    b = cascade.predict_array(ct16.astype(np.float32), g).segmentation
+    assert np.array_equal(a, b) and np.array_equal(a, lab)
+
+
+def test_return_freed_memory_to_os():
+    import platform
+
+    from kits_plugins.utilities.memory import return_freed_memory_to_os
+
+    result = return_freed_memory_to_os()
+    assert isinstance(result, bool)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert result
+
+
 def test_input_discovery(tmp_path):
     ct, lab, g = make_case(shape=(6, 5, 4))
     write_image(ct, g, tmp_path / "nn" / "case_00002_0000.nii.gz")
