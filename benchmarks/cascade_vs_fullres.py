@@ -19,15 +19,17 @@ no meaningful mask, (b) runs stage 221 in full (its time and memory count) and t
 the ground truth, like (c); stage 222's final bias is set so its mask is non-empty and stage 223 always runs.
 Mirroring (TTA) is off on both sides by default (``--tta`` turns it on for both). The CT is synthesized once
 per case from the label map by the parent process (``kits_plugins.synthetic.synthesize_ct_from_label``,
-int16 like real KiTS23 files) and saved as ``.npy``; each worker loads it and casts it to float32 as reading
-the NIfTI would, so a worker's peak RSS is imports + CT + prediction, not the synthesis. The ground-truth
+int16 like real KiTS23 files) and saved as ``.npy``; each worker loads it (stock casts it to float32 as
+nnU-Net's readers do; the cascade keeps int16 as ``kits predict``'s ``read_ct`` does), so a worker's peak RSS
+is imports + CT + prediction, not the synthesis. Every worker fixes glibc's mmap threshold
+(``kits_plugins.utilities.memory``, as ``kits predict`` does) unless ``--default-malloc``. The ground-truth
 ROI boxes (15 mm margin, as ``kits predict``) are computed by the parent and passed as JSON. The parent
 polls each worker's RSS and stops it above ``--max-rss-gb`` (recorded as an error with the RSS reached).
 Results are merged into ``--out`` case by case, so cases can be run (and rerun) separately.
 
     python benchmarks/cascade_vs_fullres.py --out benchmarks/results/cascade_vs_fullres.json \
         [--shared ../shared/kits23] [--cases case_00065 case_00142 case_00151] [--variants stock cascade oracle]
-        [--step-size 0.5] [--max-rss-gb 20]
+        [--step-size 0.5] [--max-rss-gb 20] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -52,66 +54,6 @@ STOCK_FEATURES = [32, 64, 128, 256, 320, 320]
 
 
 # --------------------------------------------------------------------------------------------------- models
-def _plans(config: str, spacing, n_channels: int, features) -> dict:
-    n = len(features)
-    arch = {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {
-            "n_stages": n,
-            "features_per_stage": list(features),
-            "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * n,
-            "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-            "n_conv_per_stage": [2] * n,
-            "n_conv_per_stage_decoder": [2] * (n - 1),
-            "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
-    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
-    configuration = {
-        "data_identifier": f"kitsPlans_{config}",
-        "preprocessor_name": "DefaultPreprocessor",
-        "batch_size": 2,
-        "patch_size": [128, 128, 128],
-        "median_image_size_in_voxels": [400, 512, 512],
-        "spacing": list(spacing),
-        "normalization_schemes": ["CTNormalization"] + ["NoNormalization"] * (n_channels - 1),
-        "use_mask_for_norm": [False] * n_channels,
-        "resampling_fn_data": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": resampling,
-        "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
-        "architecture": arch,
-        "batch_dice": False,
-    }
-    return {
-        "dataset_name": "bench",
-        "plans_name": "kitsPlans",
-        "original_median_spacing_after_transp": TARGET_SPACING,
-        "original_median_shape_after_transp": [400, 512, 512],
-        "image_reader_writer": "NibabelIOWithReorient",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {config: configuration},
-        "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {
-            str(c): {"max": 3000.0, "mean": 100.0, "median": 100.0, "min": -1000.0, "percentile_00_5": -200.0,
-                     "percentile_99_5": 400.0, "std": 80.0}
-            for c in range(n_channels)
-        },
-    }
-
-
 def _predictor(config, spacing, channels, labels, rco, features, seed, tta, fg_bias=None, step=0.5):
     """A stock nnUNetPredictor, manually initialised with a random (seeded) PlainConvUNet."""
     import torch
@@ -119,8 +61,10 @@ def _predictor(config, spacing, channels, labels, rco, features, seed, tta, fg_b
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from kits_plugins.inference.model_discovery import make_nnunet_predictor
+    from kits_plugins.utilities.plans_builder import minimal_plans, plain_unet_architecture
 
-    pm = PlansManager(_plans(config, spacing, len(channels), features))
+    norm = ["CTNormalization"] + ["NoNormalization"] * (len(channels) - 1)
+    pm = PlansManager(minimal_plans(config, spacing, norm, plain_unet_architecture(features), dataset_name="bench"))
     cm = pm.get_configuration(config)
     ds = {"channel_names": channels, "labels": labels, "file_ending": ".nii.gz", "numTraining": 1}
     if rco:
@@ -156,8 +100,14 @@ def prepare_case(label_path: Path, workdir: Path, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- worker
-def worker(case_json: str, variant: str, features: list[int], tta: bool, seed: int, step: float = 0.5) -> dict:
+def worker(case_json: str, variant: str, features: list[int], tta: bool, seed: int, step: float = 0.5,
+           default_malloc: bool = False) -> dict:
     import torch
+
+    from kits_plugins.utilities.memory import return_freed_memory_to_os
+
+    if not default_malloc:  # both sides alike (kits predict does this at startup)
+        return_freed_memory_to_os()
 
     from kits_plugins.inference.cascade import KiTSCascadePredictor
     from kits_plugins.utilities.image_io import Geometry
@@ -166,7 +116,9 @@ def worker(case_json: str, variant: str, features: list[int], tta: bool, seed: i
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     case = json.loads(Path(case_json).read_text())
     g = Geometry.from_dict(case["geometry"])
-    ct = np.load(case["ct"]).astype(np.float32)  # as reading the int16 NIfTI as float32 would
+    ct = np.load(case["ct"])  # int16, as stored in KiTS23 files
+    if variant == "stock":  # nnUNetv2_predict's readers give float32; kits predict keeps int16 (read_ct)
+        ct = ct.astype(np.float32)
     out: dict = {"variant": variant, "shape": list(g.shape), "spacing_np": list(g.spacing_np),
                  "synthesis": "kits_plugins.synthetic.synthesize_ct_from_label"}
     ct_ch = {"0": "CT"}
@@ -255,11 +207,13 @@ def main() -> int:
                     help="sliding-window tile step (fraction of the patch), all stages on both sides; 0.5 = nnU-Net")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per variant and case")
     ap.add_argument("--max-rss-gb", type=float, default=20.0, help="stop a worker whose RSS exceeds this")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's dynamic mmap threshold on (default: fixed 128 KiB on both sides)")
     ap.add_argument("--_worker", nargs=2, metavar=("CASE_JSON", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._worker:
         print("BENCH_RESULT " + json.dumps(worker(args._worker[0], args._worker[1], args.features, args.tta, args.seed,
-                                                  args.step_size)))
+                                                  args.step_size, args.default_malloc)))
         return 0
 
     import torch
@@ -276,9 +230,10 @@ def main() -> int:
         "target_spacing": TARGET_SPACING, "lowres_spacing": LOWRES_SPACING, "tta": args.tta,
         "notes": "cascade (b) runs stage 221 in full (KiTSCascadePredictor.coarse_boxes) but takes ROI boxes from "
                  "the ground truth (untrained model); oracle (c) skips stage 221. Wall time and peak RSS of one "
-                 "worker process per variant; the CT (synthesized once per case, int16 .npy) is loaded and cast to "
-                 "float32 before timing starts; rss_before_predict_mb is imports + CT + models. Each case records "
-                 "its tile_step_size (all stages, both sides) and the command that produced it.",
+                 "worker process per variant; the CT (synthesized once per case, int16 .npy) is loaded before timing "
+                 "starts, as float32 for stock (what nnU-Net's readers give) and as stored (int16) for the cascade "
+                 "(what kits predict's read_ct keeps); rss_before_predict_mb is imports + CT + models. Each case "
+                 "records its tile_step_size (all stages, both sides), allocator setting and command.",
         "cases": previous.get("cases", {}),
     }
     for case in args.cases:
@@ -287,8 +242,11 @@ def main() -> int:
             print(f"{case}: {label} not found, skipped")
             continue
         entry: dict = {"tile_step_size": args.step_size,
+                       "allocator": "glibc default" if args.default_malloc else
+                       "glibc M_MMAP_THRESHOLD fixed at 128 KiB in every variant (kits predict sets it too)",
                        "run": f"python benchmarks/cascade_vs_fullres.py --out {args.out} --cases {case} "
-                              f"--step-size {args.step_size} --variants {' '.join(args.variants)}"}
+                              f"--step-size {args.step_size} --variants {' '.join(args.variants)}"
+                              + (" --default-malloc" if args.default_malloc else "")}
         with tempfile.TemporaryDirectory(prefix=f"bench_{case}_") as tmp:
             t = time.perf_counter()
             prepare_case(label, Path(tmp), args.seed)
@@ -296,7 +254,8 @@ def main() -> int:
             for variant in args.variants:
                 cmd = [sys.executable, __file__, "--out", os.devnull, "--_worker", str(Path(tmp) / "case.json"),
                        variant, "--features", *map(str, args.features), "--seed", str(args.seed),
-                       "--step-size", str(args.step_size)] + (["--tta"] if args.tta else [])
+                       "--step-size", str(args.step_size)] + (["--tta"] if args.tta else []) \
+                    + (["--default-malloc"] if args.default_malloc else [])
                 stdout, stderr, error, seen = _run_worker(cmd, args.timeout, args.max_rss_gb * 1024)
                 line = [x for x in stdout.splitlines() if x.startswith("BENCH_RESULT ")]
                 if line:
