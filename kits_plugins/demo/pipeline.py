@@ -77,18 +77,15 @@ class Demo:
 
     # ---------------------------------------------------------------- environment
     def env(self) -> dict[str, str]:
-        from kits_plugins.training.commands import trainer_path
+        from kits_plugins.training.commands import ext_trainer_paths
 
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        # the shim first (the demo's trainers must be ours), then whatever folders the user already exports
-        shim = str(trainer_path())
-        ext = [shim, *(p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != shim)]
         env.update(
             nnUNet_raw=str(self.w / "nnUNet_raw"),
             nnUNet_preprocessed=str(self.w / "nnUNet_preprocessed"),
             nnUNet_results=str(self.w / "nnUNet_results"),
-            nnUNet_extTrainer=os.pathsep.join(ext),
+            nnUNet_extTrainer=ext_trainer_paths(env.get("nnUNet_extTrainer")),
             nnUNet_compile="false",
         )
         env.setdefault("nnUNet_def_n_proc", "2")

@@ -145,13 +145,11 @@ def resolve_folds(folder: Path, model: StageModel) -> list[int | str]:
 
 
 def ensure_ext_trainer_path() -> None:
-    """Add the package's trainer shim folder to ``nnUNet_extTrainer`` so checkpoints name trainers we ship."""
-    from kits_plugins.training.commands import trainer_path
+    """Put the package's trainer shim folder first in ``nnUNet_extTrainer`` (keeping the user's other folders)
+    so checkpoints that name our trainers load."""
+    from kits_plugins.training.commands import ext_trainer_paths
 
-    shim = str(trainer_path())
-    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    if shim not in current:
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join([*current, shim])
+    os.environ["nnUNet_extTrainer"] = ext_trainer_paths(os.environ.get("nnUNet_extTrainer"))
 
 
 def make_nnunet_predictor(device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True, verbose: bool = False):

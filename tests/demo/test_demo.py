@@ -36,6 +36,12 @@ def test_env_puts_the_shim_first_and_keeps_the_users_trainer_folders(tmp_path, m
     assert env["nnUNet_results"] == str(tmp_path.resolve() / "nnUNet_results") and env["nnUNet_compile"] == "false"
     monkeypatch.delenv("nnUNet_extTrainer")
     assert Demo(DemoSettings(workdir=tmp_path)).env()["nnUNet_extTrainer"] == shim
+    # the predictor's loader uses the same rule on its own process
+    from kits_plugins.inference.model_discovery import ensure_ext_trainer_path
+
+    monkeypatch.setenv("nnUNet_extTrainer", "/opt/my_trainers")
+    ensure_ext_trainer_path()
+    assert os.environ["nnUNet_extTrainer"].split(os.pathsep) == [shim, "/opt/my_trainers"]
 
 
 def test_failed_step_raises_and_leaves_no_marker(tmp_path):
