@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kits_plugins import __version__
 from kits_plugins.constants import PLANS_NAME
+from kits_plugins.utilities.image_io import atomic_write_bytes
 
 MARKER = ".kits-demo"
 
@@ -116,7 +117,7 @@ class Demo:
             raise RuntimeError(f"demo step '{name}' failed (exit {proc.returncode}): {cmd}")
         res = StepResult(name, cmd, wall, usage.ru_maxrss / 1024.0)
         self.steps_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(asdict(res), indent=1))
+        atomic_write_bytes(marker, json.dumps(asdict(res), indent=1).encode())
         print(f"[demo] {name}: {wall:.1f} s, peak RSS {res.peak_rss_mb:.0f} MB", flush=True)
         self.results.append(res)
         return res
@@ -202,5 +203,5 @@ class Demo:
             "metrics": metrics,
             "figures": pngs,
         }
-        (self.w / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        atomic_write_bytes(self.w / "summary.json", json.dumps(summary, indent=1, default=str).encode())
         return summary

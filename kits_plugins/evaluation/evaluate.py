@@ -12,9 +12,9 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from kits_plugins.evaluation.metrics import (
     compute_case_metrics,
     ranking_means,
 )
-from kits_plugins.utilities.image_io import KitsInputError, read_geometry, read_label
+from kits_plugins.utilities.image_io import KitsInputError, atomic_path, read_geometry, read_label
 
 KITS_SEGMENTATION_NAME = "segmentation.nii.gz"
 CSV_HEADER = ("caseID",) + METRIC_COLUMNS
@@ -221,18 +221,10 @@ def format_table(result: dict) -> str:
 
 
 def _write_atomically(items: Sequence[tuple[Path, Callable]]) -> None:
-    """Write each file to a temporary name in its folder, then rename all; on failure remove the temporaries."""
-    temps: list[tuple[str, Path]] = []
-    try:
+    """Write each file to a temporary name in its folder (:func:`atomic_path`); all are renamed only once every
+    one is written, and on failure none is."""
+    with ExitStack() as stack:
         for path, write in items:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "w", newline="") as f:
+            tmp = stack.enter_context(atomic_path(path))
+            with open(tmp, "w", newline="") as f:
                 write(f)
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.remove(tmp)

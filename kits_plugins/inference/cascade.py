@@ -42,7 +42,14 @@ from kits_plugins.constants import (
 )
 from kits_plugins.inference.coarse import LowresLabelMap, coarse_lowres
 from kits_plugins.utilities import roi
-from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_image, read_label, write_image
+from kits_plugins.utilities.image_io import (
+    Geometry,
+    KitsInputError,
+    atomic_path,
+    read_image,
+    read_label,
+    write_image,
+)
 from kits_plugins.utilities.orientation import Reorientation
 
 EMPTY_MASK_POLICIES = ("zeros", "whole")
@@ -364,12 +371,9 @@ class KiTSCascadePredictor:
 
         for p in result.probabilities:
             arrays = {k: v for k, v in p.items() if k in ("fine", "masses") and v is not None}
-            np.savez(
-                out_dir / f"{crop_id(case, p['roi'])}.npz",
-                box=np.asarray(p["box"], dtype=np.int64),
-                source_geometry=np.asarray(json.dumps(g.to_dict())),
-                **arrays,
-            )
+            with atomic_path(out_dir / f"{crop_id(case, p['roi'])}.npz") as tmp, open(tmp, "wb") as f:
+                np.savez(f, box=np.asarray(p["box"], dtype=np.int64),
+                         source_geometry=np.asarray(json.dumps(g.to_dict())), **arrays)
 
     def predict(
         self,

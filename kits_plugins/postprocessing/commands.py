@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kits_plugins.constants import CYST, KIDNEY, TARGET_SPACING, TUMOR
-from kits_plugins.utilities.image_io import KitsInputError
+from kits_plugins.utilities.image_io import KitsInputError, atomic_write_bytes
 
 
 def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +91,5 @@ def run_postprocess(args: argparse.Namespace) -> int:
             tqdm.write(f"{src.name}: {report.summary()}")
     print(f"postprocessed {len(pairs)} file(s) into {args.output}; {n_changed} changed")
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(reports, indent=1))
+        atomic_write_bytes(args.report, json.dumps(reports, indent=1).encode())
     return 0

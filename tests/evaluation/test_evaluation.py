@@ -296,6 +296,29 @@ def test_missing_predictions_are_all_listed_and_nothing_written(tmp_path):
     assert [r["caseID"] for r in result["cases"]] == ["case_00000", "case_00002"]
 
 
+def test_outputs_renamed_together_with_ordinary_permissions(tmp_path, monkeypatch):
+    import os
+
+    from kits_plugins.evaluation import evaluate as evaluate_module
+
+    pred_dir, ref_dir, _ = _make_case_folders(tmp_path, n=1)
+    out_csv = tmp_path / "out" / "evaluation.csv"
+    evaluate_folders(pred_dir, ref_dir, out_csv=out_csv, num_processes=1, progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (out_csv, out_csv.with_suffix(".json")):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    before = {f: f.read_bytes() for f in out_csv.parent.iterdir()}
+
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(evaluate_module.json, "dump", broken_dump)  # the JSON fails after the CSV was written
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_folders(pred_dir, ref_dir, out_csv=out_csv, num_processes=1, progress=False)
+    assert {f: f.read_bytes() for f in out_csv.parent.iterdir()} == before  # old pair intact, no temporaries
+
+
 def test_shape_spacing_and_label_errors_name_the_case(tmp_path):
     pred_dir, ref_dir, arrays = _make_case_folders(tmp_path, n=2)
     out_csv = tmp_path / "e.csv"
