@@ -101,9 +101,9 @@ def read_ct(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """A CT as stored when float32 holds its values exactly in at most 4 bytes (KiTS23's int16: half the
     memory of float32 for the whole run; every stage converts its own input to float32), else as float32.
     NaN or infinite values are rejected, naming the file."""
-    ct, g = read_image(path)
-    if ct.dtype not in NATIVE_CT_DTYPES:
-        ct = ct.astype(np.float32)
+    buffer, g = read_image(path, view=True)  # SimpleITK's buffer: one copy below, in the type kept
+    ct = np.array(buffer, dtype=buffer.dtype if buffer.dtype in NATIVE_CT_DTYPES else np.float32)
+    del buffer
     if ct.dtype.kind == "f":
         step = max(1, (1 << 24) // max(1, ct[0].size))
         for z in range(0, ct.shape[0], step):  # slabs: no full-size bool array
