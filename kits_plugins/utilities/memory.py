@@ -15,7 +15,7 @@ def return_freed_memory_to_os(threshold_bytes: int = 1 << 17) -> bool:
     By default glibc raises this threshold after each large free (up to 32 MiB), after which freed arrays
     stay in the heap and count as process memory for the rest of the run. Setting it fixes the threshold.
     Measured on the cascade's ROI stages (case_00065, ``benchmarks/cascade_vs_fullres.py`` with and without
-    ``--default-malloc``): peak RSS 1658 -> 1430 MB for about 10% more time. Returns False where glibc's
+    ``--default-malloc``): peak RSS 1658 -> 1430 MB for 12% more time. Returns False where glibc's
     ``mallopt`` is not available.
     """
     name = ctypes.util.find_library("c")
