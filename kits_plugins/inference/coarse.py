@@ -1,8 +1,9 @@
 """Stage 221 on a whole CT with memory proportional to the scan, not to nnU-Net's float64 temporaries.
 
-``predict_single_npy_array`` on a 512 x 512 x 274 scan peaks at about 2.3 GB above the input in
-``run_case_npy`` alone: a float32 copy, a filled nonzero mask, then ``resample_data_or_seg`` turns the
-whole cropped volume into float64 and skimage's cubic spline prefilter makes another float64 copy.
+``predict_single_npy_array`` on a 512 x 512 x 274 scan peaks at 2.2 GB above the input in ``run_case_npy``
+alone (``benchmarks/coarse_preprocessing.py``; 182 MB with :func:`preprocess_lowres`): a float32 copy, a
+filled nonzero mask, then ``resample_data_or_seg`` turns the whole cropped volume into float64 and skimage's
+cubic spline prefilter makes another float64 copy.
 Then it resamples float logits of every class back to full size. For the coarse stage neither is needed:
 
 * :func:`preprocess_lowres` produces the same network input as ``run_case_npy`` with nnU-Net's own
