@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from kits_plugins import __version__
-from kits_plugins.utilities.image_io import KitsInputError
+from kits_plugins.errors import KitsInputError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -49,17 +50,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: environment variables read as integers by nnU-Net (at import time) or by this package
+INTEGER_ENVIRONMENT = ("nnUNet_def_n_proc", "nnUNet_n_proc_DA")
+
+
+def check_environment() -> None:
+    """Integer environment variables must parse before nnU-Net is imported (it would raise a bare ValueError)."""
+    for name in INTEGER_ENVIRONMENT:
+        raw = os.environ.get(name)
+        if raw is None:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value < (0 if name == "nnUNet_n_proc_DA" else 1):
+            raise KitsInputError(f"environment variable {name}={raw!r}: expected a positive integer")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
-    _, run = _funcs(args.command)
     try:
+        check_environment()
+        _, run = _funcs(args.command)
         return int(run(args) or 0)
     except KitsInputError as e:
         print(f"kits {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # permissions, full disk, missing folders: one line naming the file
+        if os.environ.get("KITS_TRACEBACK"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"kits {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except NotImplementedError as e:
         print(f"kits {args.command}: not built yet: {e}", file=sys.stderr)
@@ -67,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"kits {args.command}: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

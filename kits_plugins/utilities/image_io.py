@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-
-class KitsInputError(ValueError):
-    """Bad input data (wrong dimensionality, labels, geometry). The message names the file."""
+from kits_plugins.errors import KitsInputError
+from kits_plugins.utilities import gzip_check, staging
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,8 @@ class Geometry:
 
 
 def read_geometry(path: str | os.PathLike) -> Geometry:
-    """Header only (no voxel data is read)."""
+    """Header only (no voxel data is read); a ``.nii.gz`` whose trailer disagrees with its header is an error."""
+    gzip_check.check_before_read(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -137,7 +137,9 @@ def read_image(
 
     ``dtype`` converts on read (e.g. ``np.float32`` for CT) with a single copy; None keeps the stored type.
     ``view=True`` returns SimpleITK's own buffer without any copy (for read-only use of large volumes).
+    A truncated or corrupt ``.nii.gz`` (ITK zero-fills it silently) is an error: see ``gzip_check``.
     """
+    trailer = gzip_check.check_before_read(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -148,6 +150,7 @@ def read_image(
         raise KitsInputError(f"{path}: expected a single-component image, got {image.GetNumberOfComponentsPerPixel()}")
     geometry = Geometry.from_image(image)
     buffer = sitk.GetArrayViewFromImage(image)
+    gzip_check.check_after_read(path, trailer, buffer)
     if dtype is not None and buffer.dtype != dtype:
         return buffer.astype(dtype), geometry
     if not view:
@@ -186,17 +189,18 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[str]:
     """Yield a temporary file name next to ``path``; on success give it ordinary permissions
     (0666 & ~umask; mkstemp makes 0600) and rename it to ``path``, on failure remove it. Readers never see a
-    partial file. ``keep_suffix`` keeps ``path``'s extensions (writers that choose the format by extension)."""
+    partial file. ``keep_suffix`` keeps ``path``'s extensions (writers that choose the format by extension).
+    The temporary's name carries its owner, and the first write into a folder removes the temporaries that
+    killed runs left there (:mod:`kits_plugins.utilities.staging`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    staging.remove_stale_once(path.parent)
     suffix = ".partial" + ("".join(path.suffixes) if keep_suffix else "")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=staging.temp_prefix(path.name), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, staging.ordinary_mode(directory=False))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
