@@ -177,11 +177,18 @@ def load_stage_predictor(
     step_size: float = 0.5,
     use_mirroring: bool = True,
     verbose: bool = False,
+    trust_checkpoints: bool = False,
 ):
-    """Find ``model`` and return an initialised ``nnUNetPredictor`` (loaded once, reused for every case)."""
+    """Find ``model`` and return an initialised ``nnUNetPredictor`` (loaded once, reused for every case).
+
+    Checkpoints are read without running code from them unless ``trust_checkpoints``
+    (see :mod:`kits_plugins.inference.checkpoints`).
+    """
+    from kits_plugins.inference.checkpoints import initialize_from_model_folder
+
     folder = find_model_folder(model, results)
     folds = resolve_folds(folder, model)
     ensure_ext_trainer_path()
     predictor = make_nnunet_predictor(device, step_size, use_mirroring, verbose)
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds), checkpoint_name=model.checkpoint)
-    return predictor
+    return initialize_from_model_folder(predictor, folder, use_folds=tuple(folds), checkpoint_name=model.checkpoint,
+                                        trust=trust_checkpoints)
