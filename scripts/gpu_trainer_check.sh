@@ -4,6 +4,8 @@
 # Makes tiny synthetic stage datasets 221/222/223, plans them with `kits plan`, trains each trainer for a few
 # iterations with `nnUNetv2_train ... -device cuda` and prints, per trainer: final train loss, the surface
 # trainer's region/boundary components and boundary weight, and the wall time per training iteration.
+# It trains the `_short` variants (subclasses with the production trainers' loss, network and transforms, only the
+# schedule differs) because production trainers ignore the KITS_* schedule variables (see trainers.py).
 #
 # Usage: scripts/gpu_trainer_check.sh [WORKDIR]      (default: a fresh temporary folder)
 # Env:   KITS_ITERS (default 20), KITS_VAL_ITERS (5), KITS_EPOCHS (2), NP (preprocessing workers, 4)
@@ -44,9 +46,9 @@ run() {  # dataset configuration trainer
   t1=$(date +%s.%N)
   echo "$3: nnUNetv2_train wall time $(python -c "print(round($t1 - $t0, 1))") s"
 }
-run 221 3d_lowres nnUNetTrainerKiTSCoarse
-run 222 3d_fullres nnUNetTrainerKiTSFine
-run 223 3d_fullres nnUNetTrainerKiTSSurface
+run 221 3d_lowres nnUNetTrainerKiTSCoarse_short
+run 222 3d_fullres nnUNetTrainerKiTSFine_short
+run 223 3d_fullres nnUNetTrainerKiTSSurface_short
 
 # 4. summary from the checkpoints' logging
 python - <<'EOF'

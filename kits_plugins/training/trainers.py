@@ -11,12 +11,14 @@
   full-resolution output, its weight following ``BoundaryWeightSchedule`` and logged every epoch; the mask
   channel stays binary through augmentation and at inference (see ``kits_plugins.training.transforms``).
 
-Every trainer reads ``KITS_EPOCHS``, ``KITS_ITERS`` and ``KITS_VAL_ITERS`` (positive integers) to override
-epochs, training iterations per epoch and validation iterations per epoch; the ``_short`` variants default
-to 2 epochs x 4 iterations (CPU smoke tests), the ``_demo`` variants are the same for ``kits demo`` (which
-sets ``KITS_EPOCHS``/``KITS_ITERS``; separate names keep separate results folders). ``KITS_BOUNDARY_SCHEDULE=start,end,f0,f1``
-sets the surface trainer's weight schedule (weight ``start`` until epoch f0 x epochs, linear to ``end``
-at f1 x epochs).
+Schedules are classes, as in nnU-Net (``nnUNetTrainer_5epochs``): the production trainers above train nnU-Net's
+schedule (1000 epochs x 250 iterations, 50 validation iterations) and the surface trainer's class schedule, whatever
+the environment. Only the ``_short`` variants (2 epochs x 4 iterations, CPU smoke tests) and the ``_demo`` variants
+(the same for ``kits demo``, which sizes them; separate names keep separate results folders) read ``KITS_EPOCHS``,
+``KITS_ITERS`` and ``KITS_VAL_ITERS`` (positive integers: epochs, training and validation iterations per epoch) and
+``KITS_BOUNDARY_SCHEDULE=start,end,f0,f1`` (surface weight ``start`` until epoch f0 x epochs, linear to ``end`` at
+f1 x epochs). A production trainer that finds one of them set says so on stdout and in its training log (a leftover
+``KITS_EPOCHS=2`` in a shell must not silently shorten a production model) and ignores it.
 
 The classes live here (picklable as ``kits_plugins.training.trainers.X``); the folder printed by
 ``kits trainer-path`` holds only a shim that star-imports this module.
@@ -57,6 +59,8 @@ ENV_EPOCHS = "KITS_EPOCHS"
 ENV_ITERS = "KITS_ITERS"
 ENV_VAL_ITERS = "KITS_VAL_ITERS"
 ENV_BOUNDARY_SCHEDULE = "KITS_BOUNDARY_SCHEDULE"
+SHORT_SUFFIX = "_short"
+DEMO_SUFFIX = "_demo"
 
 
 def env_positive_int(name: str) -> int | None:
@@ -86,16 +90,32 @@ def boundary_schedule_from_env(num_epochs: int, default: BoundaryWeightSchedule)
                          f"(e.g. '0,0.5,0,0.5'), got {raw!r}: {e}") from None
 
 
+def set_env_vars(names: tuple[str, ...]) -> list[str]:
+    """``NAME=value`` of each of ``names`` set (non-empty) in the environment."""
+    return [f"{n}={os.environ[n].strip()}" for n in names if os.environ.get(n, "").strip()]
+
+
+def ignored_env_message(trainer_name: str, assignments: list[str]) -> str:
+    """The one line a production trainer prints about schedule variables it ignores, naming the variants that
+    honour them (``<trainer>_short`` / ``<trainer>_demo`` where they exist)."""
+    variants = [trainer_name + suffix for suffix in (SHORT_SUFFIX, DEMO_SUFFIX)]
+    honoured_by = " or ".join(variants) if all(v in __all__ for v in variants) else "the _short / _demo trainer variants"
+    return (f"WARNING: {', '.join(assignments)} set but ignored: {trainer_name} trains its production schedule; "
+            f"these variables are honoured only by {honoured_by}")
+
+
 def _inner_loss(loss: nn.Module) -> nn.Module:
     return loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
 
 
 class nnUNetTrainerKiTSBase(nnUNetTrainer):
-    """nnUNetTrainer with the package's schedule defaults and ``KITS_*`` environment overrides."""
+    """nnUNetTrainer with the package's schedule defaults; ``KITS_*`` overrides only where ``honours_env_schedule``."""
 
     default_num_epochs: int | None = None  # None keeps nnU-Net's value (1000 / 250 / 50)
     default_iterations_per_epoch: int | None = None
     default_val_iterations_per_epoch: int | None = None
+    honours_env_schedule: bool = False  # True for the _short / _demo variants only
+    schedule_env_vars: tuple[str, ...] = (ENV_EPOCHS, ENV_ITERS, ENV_VAL_ITERS)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = CUDA):
@@ -105,14 +125,25 @@ class nnUNetTrainerKiTSBase(nnUNetTrainer):
             # weight 0/0 = NaN on the only output. Tiny images (CPU demo spacing) give such networks.
             self.enable_deep_supervision = False
             self.print_to_log_file("deep supervision disabled: the planned network has fewer than 3 stages")
-        self.num_epochs = env_positive_int(ENV_EPOCHS) or self.default_num_epochs or self.num_epochs
-        self.num_iterations_per_epoch = (env_positive_int(ENV_ITERS) or self.default_iterations_per_epoch
+        self._announce_ignored_env()
+        self.num_epochs = self._env_int(ENV_EPOCHS) or self.default_num_epochs or self.num_epochs
+        self.num_iterations_per_epoch = (self._env_int(ENV_ITERS) or self.default_iterations_per_epoch
                                          or self.num_iterations_per_epoch)
-        self.num_val_iterations_per_epoch = (env_positive_int(ENV_VAL_ITERS) or self.default_val_iterations_per_epoch
+        self.num_val_iterations_per_epoch = (self._env_int(ENV_VAL_ITERS) or self.default_val_iterations_per_epoch
                                              or self.num_val_iterations_per_epoch)
         self.print_to_log_file(f"{type(self).__name__}: {self.num_epochs} epochs x {self.num_iterations_per_epoch} "
                                f"iterations (+{self.num_val_iterations_per_epoch} validation iterations)",
                                also_print_to_console=False)
+
+    def _env_int(self, name: str) -> int | None:
+        """``env_positive_int(name)`` for the variants that honour the environment, else None."""
+        return env_positive_int(name) if self.honours_env_schedule else None
+
+    def _announce_ignored_env(self) -> None:
+        """Production trainers: one line on stdout and in the training log naming each set, ignored variable."""
+        assignments = [] if self.honours_env_schedule else set_env_vars(self.schedule_env_vars)
+        if assignments:
+            self.print_to_log_file(ignored_env_message(type(self).__name__, assignments), also_print_to_console=True)
 
 
 class nnUNetTrainerKiTSCoarse(nnUNetTrainerKiTSBase):
@@ -151,13 +182,15 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
     boundary_schedule_end: float = 0.5
     boundary_ramp_fractions: tuple[float, float] = (0.0, 0.5)
     log_keys = ("boundary_weights", "train_region_losses", "train_boundary_losses")
+    schedule_env_vars = (*nnUNetTrainerKiTSBase.schedule_env_vars, ENV_BOUNDARY_SCHEDULE)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = CUDA):
         super().__init__(plans, configuration, fold, dataset_json, device)
         default = BoundaryWeightSchedule.for_num_epochs(
             self.num_epochs, self.boundary_schedule_start, self.boundary_schedule_end, *self.boundary_ramp_fractions)
-        self.boundary_schedule = boundary_schedule_from_env(self.num_epochs, default)
+        self.boundary_schedule = (boundary_schedule_from_env(self.num_epochs, default) if self.honours_env_schedule
+                                  else default)
         self.print_to_log_file(f"boundary loss weight schedule: {self.boundary_schedule}", also_print_to_console=False)
         self._register_log_keys()
 
@@ -253,8 +286,9 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
 
 
 class _ShortSchedule:
-    """Defaults for CPU smoke tests and the demo (still overridable by ``KITS_*``)."""
+    """Defaults for CPU smoke tests and the demo, overridable by ``KITS_*`` (unlike the production trainers)."""
 
+    honours_env_schedule = True
     default_num_epochs = 2
     default_iterations_per_epoch = 4
     default_val_iterations_per_epoch = 2

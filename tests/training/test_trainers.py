@@ -122,9 +122,43 @@ def test_env_overrides(monkeypatch):
 def test_schedule_defaults_and_env(stage_env, monkeypatch):
     tr = _trainer("nnUNetTrainerKiTSFine_short", 222)
     assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (2, 4, 2)
-    monkeypatch.setenv("KITS_ITERS", "3")
+    monkeypatch.setenv("KITS_EPOCHS", "3")
+    monkeypatch.setenv("KITS_ITERS", "5")
+    monkeypatch.setenv("KITS_VAL_ITERS", "1")
+    for name in ("nnUNetTrainerKiTSFine_short", "nnUNetTrainerKiTSFine_demo"):
+        tr = _trainer(name, 222)
+        assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (3, 5, 1)
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerKiTSCoarse", "nnUNetTrainerKiTSFine"])
+def test_production_trainers_ignore_and_announce_schedule_env(stage_env, monkeypatch, capsys, name):
+    """A leftover KITS_EPOCHS in the shell must not shorten a production model; the trainer says it ignores it."""
+    monkeypatch.setenv("KITS_EPOCHS", "3")
+    tr = _trainer(name, 222)
+    assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (1000, 250, 50)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "KITS_EPOCHS" in ln]
+    assert len(lines) == 1
+    assert f"KITS_EPOCHS=3 set but ignored: {name} " in lines[0] and f"{name}_short or {name}_demo" in lines[0]
+    assert lines[0].split(": ", 1)[1] in Path(tr.log_file).read_text()  # also in nnU-Net's training log
+
+
+def test_surface_production_trainer_ignores_boundary_schedule_env(stage_env, monkeypatch, capsys):
+    monkeypatch.setenv("KITS_BOUNDARY_SCHEDULE", "0.1,1.0,0,0.5")
+    monkeypatch.setenv("KITS_ITERS", "2")
+    tr = _trainer("nnUNetTrainerKiTSSurface", 223)
+    assert (tr.num_epochs, tr.num_iterations_per_epoch) == (1000, 250)
+    assert [tr.boundary_schedule(e) for e in (0, 250, 500, 999)] == [0.0, 0.25, 0.5, 0.5]
+    out = capsys.readouterr().out
+    assert "KITS_ITERS=2, KITS_BOUNDARY_SCHEDULE=0.1,1.0,0,0.5 set but ignored: nnUNetTrainerKiTSSurface " in out
+    short = _trainer("nnUNetTrainerKiTSSurface_short", 223)
+    assert short.num_iterations_per_epoch == 2 and short.boundary_schedule(0) == pytest.approx(0.1)
+    assert "ignored" not in capsys.readouterr().out
+
+
+def test_production_trainer_without_env_says_nothing(stage_env, capsys):
     tr = _trainer("nnUNetTrainerKiTSFine", 222)
-    assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (1000, 3, 50)
+    assert tr.num_epochs == 1000
+    assert "ignored" not in capsys.readouterr().out  # log and stdout come from the same print_to_log_file call
 
 
 def test_coarse_loss_weights_missed_kidney_three_times_a_false_positive(stage_env):
