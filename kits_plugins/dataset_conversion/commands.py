@@ -6,24 +6,27 @@ import argparse
 import os
 
 from kits_plugins.constants import DEFAULT_MARGIN_MM, DEFAULT_MIN_ROI_VOLUME_MM3, RAW_DATASET_ID
+from kits_plugins.utilities.arguments import dataset_id, non_negative_float, positive_int
 
 
-def _default_processes() -> int:
-    return max(1, int(os.environ.get("nnUNet_def_n_proc", "1")))
+def _processes(value: int | None) -> int:
+    """``-np`` or ``$nnUNet_def_n_proc`` (checked by ``kits`` before any command runs) or 1; read at run time so
+    that building the parser (``kits --help``, ``--version``) never reads the environment."""
+    return value if value is not None else int(os.environ.get("nnUNet_def_n_proc", "1"))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", default=None, metavar="DIR", help="nnU-Net raw folder (default: $nnUNet_raw)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing datasets")
     parser.add_argument(
-        "-np", "--num-processes", dest="num_processes", type=int, default=_default_processes(),
+        "-np", "--num-processes", dest="num_processes", type=positive_int, default=None,
         help="worker processes (default: $nnUNet_def_n_proc or 1)",
     )
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kits_dir", metavar="KITS_DIR", help="kits23 layout: case_XXXXX/imaging.nii.gz + segmentation.nii.gz")
-    parser.add_argument("-d", "--dataset-id", type=int, default=RAW_DATASET_ID, help="nnU-Net dataset id (default 220)")
+    parser.add_argument("-d", "--dataset-id", type=dataset_id, default=RAW_DATASET_ID, help="nnU-Net dataset id (default 220)")
     parser.add_argument("--skip-invalid", action="store_true", help="convert the valid cases and list the others")
     _add_common(parser)
 
@@ -32,7 +35,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from kits_plugins.dataset_conversion.convert_kits23 import convert_kits23
 
     target, skipped = convert_kits23(
-        args.kits_dir, args.dataset_id, args.raw, args.overwrite, args.skip_invalid, args.num_processes
+        args.kits_dir, args.dataset_id, args.raw, args.overwrite, args.skip_invalid, _processes(args.num_processes)
     )
     for c in skipped:
         print(f"skipped {c.error}")
@@ -41,16 +44,16 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def add_derive_stages_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-d", "--dataset-id", type=int, default=RAW_DATASET_ID, help="source dataset id (default 220)")
-    parser.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM, help="ROI margin around each kidney (mm)")
+    parser.add_argument("-d", "--dataset-id", type=dataset_id, default=RAW_DATASET_ID, help="source dataset id (default 220)")
+    parser.add_argument("--margin-mm", type=non_negative_float, default=DEFAULT_MARGIN_MM, help="ROI margin around each kidney (mm)")
     parser.add_argument(
-        "--jitter-mm", type=float, default=None,
+        "--jitter-mm", type=non_negative_float, default=None,
         help="extra margin per side, uniform in [0, J] mm, for training crops (default 10 from ground truth, "
         "0 with --from-predictions)",
     )
     parser.add_argument("--seed", type=int, default=12345, help="seed of the jitter (per case, order-independent)")
     parser.add_argument(
-        "--min-volume-mm3", type=float, default=DEFAULT_MIN_ROI_VOLUME_MM3,
+        "--min-volume-mm3", type=non_negative_float, default=DEFAULT_MIN_ROI_VOLUME_MM3,
         help="kidney components below this volume get no ROI of their own (the largest always does)",
     )
     parser.add_argument(
@@ -78,7 +81,7 @@ def run_derive_stages(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         from_predictions=args.from_predictions,
         stages=args.stages,
-        num_processes=args.num_processes,
+        num_processes=_processes(args.num_processes),
     )
     for path in written.values():
         print(f"wrote {path}")

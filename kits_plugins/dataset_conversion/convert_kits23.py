@@ -1,8 +1,8 @@
 """``kits convert``: the KiTS23 repository layout -> nnU-Net raw ``Dataset220_KiTS2023``.
 
-Files are validated (headers of image and label, label values) and then hardlinked, or copied where a
-hardlink is impossible, unchanged: no decompression or recompression, so 489 cases take minutes and
-every header stays byte-identical to the source.
+Files are validated (headers of image and label, label values, the gzip CRC of both files) and then
+hardlinked, or copied where a hardlink is impossible, unchanged: no recompression, so every header stays
+byte-identical to the source.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from kits_plugins.dataset_conversion.layout import (
     staged_datasets,
     write_dataset_json,
 )
+from kits_plugins.utilities.ct_io import check_ct_finite
+from kits_plugins.utilities.gzip_check import verify_gzip_stream
 from kits_plugins.utilities.image_io import KitsInputError, atomic_copy, read_geometry, read_label
 
 IMAGE_NAME, LABEL_NAME = "imaging.nii.gz", "segmentation.nii.gz"
@@ -44,7 +46,9 @@ def find_cases(kits_dir: str | os.PathLike) -> tuple[Path, list[str]]:
 
 
 def validate_case(case_dir: str | os.PathLike) -> CaseCheck:
-    """Check one case: both files exist, readable 3D headers that agree, labels in 0..3. Never raises."""
+    """Check one case: both files exist, readable 3D headers that agree, labels in 0..3, intact gzip streams
+    (the label's CRC is checked as it is read; the CT, only linked, is decompressed once to check it), no NaN/inf
+    in a CT stored as floats (:func:`kits_plugins.utilities.ct_io.check_ct_finite`). Never raises."""
     case_dir = Path(case_dir)
     image, label = case_dir / IMAGE_NAME, case_dir / LABEL_NAME
     try:
@@ -55,6 +59,8 @@ def validate_case(case_dir: str | os.PathLike) -> CaseCheck:
         if not gi.matches(gl):
             raise KitsInputError(f"{case_dir.name}: image and label geometry differ ({gi.describe_mismatch(gl)})")
         read_label(label, max_label=MAX_LABEL)
+        verify_gzip_stream(image)  # only linked, never decoded here: check its whole stream
+        check_ct_finite(image)  # stored as floats: NaN/inf rejected here, not in every later command
     except KitsInputError as e:
         msg = str(e)
         return CaseCheck(case_dir.name, msg if case_dir.name in msg else f"{case_dir.name}: {msg}")

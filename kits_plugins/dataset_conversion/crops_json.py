@@ -23,6 +23,7 @@ import numpy as np
 
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, atomic_write_bytes
 from kits_plugins.utilities.orientation import Reorientation
+from kits_plugins.utilities.paths import check_id
 from kits_plugins.utilities.roi import Box, box_shape, paste
 
 CROPS_JSON = "crops.json"
@@ -125,24 +126,47 @@ def save_crops_json(path: str | os.PathLike, records: Sequence[CropRecord], **me
     atomic_write_bytes(path, json.dumps(crops_json_dict(records, **metadata), indent=1).encode())
 
 
-def load_crops_json(path: str | os.PathLike) -> dict[str, CropRecord]:
-    """Crop id -> :class:`CropRecord`, checked (boxes inside their source). ``path`` is the file or its folder."""
+def crops_json_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or ``path/crops.json`` when ``path`` is a folder."""
     path = Path(path)
-    if path.is_dir():
-        path = path / CROPS_JSON
+    return path / CROPS_JSON if path.is_dir() else path
+
+
+def read_crops_document(path: str | os.PathLike) -> dict:
+    """The parsed ``crops.json`` (``path`` is the file or its folder); one-line errors naming the file."""
+    path = crops_json_path(path)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except FileNotFoundError:
         raise KitsInputError(f"{path}: crops.json not found") from None
-    except json.JSONDecodeError as e:
-        raise KitsInputError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or "crops" not in doc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise KitsInputError(f"{path}: not a valid JSON text ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("crops"), dict):
         raise KitsInputError(f"{path}: not a crops.json (no 'crops' entry)")
-    try:
-        return {cid: CropRecord.from_dict(cid, d) for cid, d in doc["crops"].items()}
-    except (KeyError, TypeError, ValueError) as e:
-        raise KitsInputError(f"{path}: bad crop record ({e})") from None
+    return doc
+
+
+def records_from_document(doc: Mapping, path: str | os.PathLike) -> dict[str, CropRecord]:
+    """Crop id -> :class:`CropRecord` of a parsed crops.json, checked: crop and case ids are plain names
+    (:func:`kits_plugins.utilities.paths.check_id`: they become file names) and boxes lie inside their source."""
+    records = {}
+    for cid, d in doc["crops"].items():
+        check_id(cid, path, "crop id")
+        if not isinstance(d, Mapping):
+            raise KitsInputError(f"{path}: crop {cid} is not a JSON object")
+        check_id(d.get("case"), path, f"case id of crop {cid}")
+        try:
+            records[cid] = CropRecord.from_dict(cid, d)
+        except (KeyError, TypeError, ValueError) as e:
+            raise KitsInputError(f"{path}: bad crop record ({e})") from None
+    return records
+
+
+def load_crops_json(path: str | os.PathLike) -> dict[str, CropRecord]:
+    """Crop id -> :class:`CropRecord`, checked (see :func:`records_from_document`). ``path`` is the file or its
+    folder."""
+    return records_from_document(read_crops_document(path), crops_json_path(path))
 
 
 def records_by_case(records: Mapping[str, CropRecord]) -> dict[str, list[CropRecord]]:

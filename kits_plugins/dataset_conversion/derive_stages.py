@@ -49,6 +49,7 @@ from kits_plugins.dataset_conversion.layout import (
     write_dataset_json,
 )
 from kits_plugins.utilities import roi
+from kits_plugins.utilities.ct_io import check_ct_finite
 from kits_plugins.utilities.image_io import (
     Geometry,
     KitsInputError,
@@ -217,6 +218,8 @@ def derive_case(job: CaseJob) -> CaseResult:
     uncovered = uncovered_voxels(gt_mask, [b for b, _ in rois])
 
     ct, ct_geometry = read_image(job.image, view=True)
+    if ct.dtype.kind == "f":
+        check_ct_finite(job.image, ct)
     ct = compact_ct(ct)
     records = []
     for i, (box, base) in enumerate(rois):

@@ -3,18 +3,17 @@
 
 Every dataset is built in a hidden temporary folder next to its target and renamed into place only when
 complete, so an interrupted or failed run never leaves a half-written dataset; an existing dataset is
-replaced only with ``overwrite``.
+replaced only with ``overwrite``. The staging folder gets ordinary permissions (0777 & ~umask, as ``mkdir`` gives;
+``mkdtemp`` makes it 0700), so a dataset on a shared cluster is as readable as any folder its user creates, and a
+staging folder left by a killed run is removed by the next one (:mod:`kits_plugins.utilities.staging`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from multiprocessing import get_context
 from pathlib import Path
 
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
@@ -22,6 +21,8 @@ from tqdm import tqdm
 
 from kits_plugins.constants import FILE_ENDING, READER_WRITER
 from kits_plugins.utilities.image_io import KitsInputError
+from kits_plugins.utilities.processes import worker_pool
+from kits_plugins.utilities.staging import make_temp_dir
 
 # Label definitions (nnU-Net region syntax) of each dataset.
 RAW_LABELS = {"background": 0, "kidney": (1, 2, 3), "masses": (2, 3), "tumor": 2}
@@ -71,12 +72,12 @@ def staged_datasets(targets: Sequence[Path], overwrite: bool) -> Iterator[list[P
     try:
         for t in targets:
             t.parent.mkdir(parents=True, exist_ok=True)
-            staging.append(Path(tempfile.mkdtemp(prefix=f".{t.name}.partial-", dir=t.parent)))
+            staging.append(make_temp_dir(t))
         yield staging
         for t, s in zip(targets, staging):
             old = None
             if t.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{t.name}.old-", dir=t.parent))
+                old = make_temp_dir(t, suffix=".old")
                 os.replace(t, old / t.name)
             os.replace(s, t)
             if old is not None:
@@ -114,10 +115,11 @@ def write_dataset_json(
 
 
 def run_jobs(func: Callable, jobs: Sequence, num_processes: int, desc: str) -> Iterable:
-    """``func(job)`` for each job in order, in ``num_processes`` spawned workers (1: in this process), with tqdm."""
+    """``func(job)`` for each job in order, in ``num_processes`` spawned workers (1: in this process), with tqdm.
+    The workers end with this process (:func:`kits_plugins.utilities.processes.worker_pool`)."""
     if num_processes <= 1 or len(jobs) <= 1:
         for job in tqdm(jobs, desc=desc, unit="case"):
             yield func(job)
         return
-    with ProcessPoolExecutor(max_workers=num_processes, mp_context=get_context("spawn")) as pool:
+    with worker_pool(num_processes) as pool:
         yield from tqdm(pool.map(func, jobs), total=len(jobs), desc=desc, unit="case")

@@ -133,9 +133,9 @@ class Demo:
         t_start = time.perf_counter()
         shape = [str(v) for v in s.shape]
         spacing = [str(v) for v in s.spacing]
-        self.run_step("synth_train", self.kits("synth", "kits_train", "--cases", str(s.train_cases),
+        self.run_step("synth_train", self.kits("synth", "kits_train", "--overwrite", "--cases", str(s.train_cases),
                                                 "--seed", str(s.seed), "--shape", *shape, "--spacing", *spacing))
-        self.run_step("synth_test", self.kits("synth", "kits_test", "--cases", str(s.test_cases),
+        self.run_step("synth_test", self.kits("synth", "kits_test", "--overwrite", "--cases", str(s.test_cases),
                                                "--seed", str(s.seed + 10_000), "--first-case", str(s.train_cases),
                                                "--shape", *shape, "--spacing", *spacing))
         self.run_step("convert", self.kits("convert", "kits_train", "--overwrite"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kits_plugins.utilities.arguments import positive_int
+
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pred", type=Path, help="folder of predictions case_XXXXX.nii.gz")
@@ -20,7 +22,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CSV to write (default: PRED/evaluation.csv); a JSON with the same name (.json) is written next to it",
     )
-    parser.add_argument("-np", "--num-processes", type=int, default=2, help="cases evaluated in parallel (default 2)")
+    parser.add_argument("-np", "--num-processes", type=positive_int, default=2, help="cases evaluated in parallel (default 2)")
     parser.add_argument(
         "--only-predicted",
         action="store_true",

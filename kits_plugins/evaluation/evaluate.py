@@ -9,11 +9,10 @@ output (and an older ``evaluation.csv`` untouched).
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, wait
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -28,6 +27,8 @@ from kits_plugins.evaluation.metrics import (
     ranking_means,
 )
 from kits_plugins.utilities.image_io import KitsInputError, atomic_path, read_geometry, read_label
+from kits_plugins.utilities.paths import refuse_overwriting_inputs
+from kits_plugins.utilities.processes import worker_pool
 
 KITS_SEGMENTATION_NAME = "segmentation.nii.gz"
 CSV_HEADER = ("caseID",) + METRIC_COLUMNS
@@ -126,8 +127,7 @@ def _run_cases(pairs: Sequence[tuple[str, Path, Path]], num_processes: int, prog
                 rows[case_id] = evaluate_case(case_id, pred, ref)
                 bar.update()
             return rows
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(num_processes, len(pairs)), mp_context=ctx) as pool:
+        with worker_pool(min(num_processes, len(pairs))) as pool:  # spawned; workers end with this process
             futures = {pool.submit(evaluate_case, c, str(p), str(r)): c for c, p, r in pairs}
             pending = set(futures)
             while pending:
@@ -160,6 +160,10 @@ def evaluate_folders(
     Raises KitsInputError (naming the case) for missing predictions, shape/spacing mismatches or bad labels.
     """
     pairs, extra = match_cases(pred_dir, ref_dir, only_predicted=only_predicted)
+    if out_csv is not None:
+        refuse_overwriting_inputs(
+            [out_csv, json_path_for(out_csv)], [f for _, p, r in pairs for f in (p, r)], "kits evaluate"
+        )
     if extra:
         print(f"note: {len(extra)} prediction(s) without reference ignored: {', '.join(extra)}", file=sys.stderr)
     check_headers(pairs)

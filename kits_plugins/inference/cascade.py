@@ -42,11 +42,11 @@ from kits_plugins.constants import (
 )
 from kits_plugins.inference.coarse import LowresLabelMap, coarse_lowres
 from kits_plugins.utilities import roi
+from kits_plugins.utilities.ct_io import read_ct
 from kits_plugins.utilities.image_io import (
     Geometry,
     KitsInputError,
     atomic_path,
-    read_image,
     read_label,
     write_image,
 )
@@ -54,8 +54,6 @@ from kits_plugins.utilities.orientation import Reorientation
 
 EMPTY_MASK_POLICIES = ("zeros", "whole")
 TIMING_KEYS = ("read", "coarse", "fine", "masses", "postprocess", "write")
-#: CT types kept as stored by :func:`read_ct`: every value exact in float32, at most 4 bytes
-NATIVE_CT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.float32))
 
 
 def combine_stage_outputs(fine_mask: np.ndarray, masses: np.ndarray) -> np.ndarray:
@@ -97,21 +95,6 @@ def masses_label_lut(labels: dict) -> np.ndarray:
     return lut
 
 
-def read_ct(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """A CT as stored when float32 holds its values exactly in at most 4 bytes (KiTS23's int16: half the
-    memory of float32 for the whole run; every stage converts its own input to float32), else as float32.
-    NaN or infinite values are rejected, naming the file."""
-    buffer, g = read_image(path, view=True)  # SimpleITK's buffer: one copy below, in the type kept
-    ct = np.array(buffer, dtype=buffer.dtype if buffer.dtype in NATIVE_CT_DTYPES else np.float32)
-    del buffer
-    if ct.dtype.kind == "f":
-        step = max(1, (1 << 24) // max(1, ct[0].size))
-        for z in range(0, ct.shape[0], step):  # slabs: no full-size bool array
-            if not np.isfinite(ct[z : z + step]).all():
-                raise KitsInputError(f"{path}: CT contains NaN or infinite values (first in slices {z}-{z + step})")
-    return ct, g
-
-
 @dataclass
 class CascadeResult:
     """Label map (file order, uint8) of one case and what it took to get it."""
@@ -149,6 +132,39 @@ def _predict(predictor, image_nn: np.ndarray, spacing_nn: Sequence[float], proba
     """One nnU-Net prediction of a (c, z, y, x) float32 array in nnU-Net order; label map (+ probabilities)."""
     props = {"spacing": [float(s) for s in spacing_nn]}  # nnU-Net adds keys to this dict: fresh each call
     return predictor.predict_single_npy_array(image_nn, props, None, None, probabilities)
+
+
+@dataclass(frozen=True)
+class PredictionJob:
+    """One case of ``kits predict``: its CT, the label map to write and the optional oracle coarse mask."""
+
+    case: str
+    ct: Path
+    output: Path
+    coarse_mask: Path | None = None
+
+
+def prediction_jobs(
+    inputs: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    coarse_masks: str | os.PathLike | None = None,
+    save_probabilities: bool = False,
+) -> list[PredictionJob]:
+    """The cases of ``inputs`` (file, folder, KiTS layout) and their outputs ``output_dir/<case>.nii.gz``, checked
+    before any model is loaded: case ids are plain names, every mask exists, no output replaces an input."""
+    from kits_plugins.inference.stage_io import find_ct_inputs, mask_file
+    from kits_plugins.utilities.paths import child_path, refuse_overwriting_inputs
+
+    output_dir = Path(output_dir)
+    jobs = [
+        PredictionJob(case, ct, child_path(output_dir, f"{case}{FILE_ENDING}", ct),
+                      mask_file(Path(coarse_masks), case) if coarse_masks is not None else None)
+        for case, ct in find_ct_inputs(inputs)
+    ]
+    outputs = [j.output for j in jobs] + ([output_dir / "crops.json"] if save_probabilities else [])
+    inputs_used = [j.ct for j in jobs] + [j.coarse_mask for j in jobs if j.coarse_mask is not None]
+    refuse_overwriting_inputs(outputs, inputs_used, "kits predict")
+    return jobs
 
 
 class KiTSCascadePredictor:
@@ -193,13 +209,15 @@ class KiTSCascadePredictor:
         step_size: float = 0.5,
         use_mirroring: bool = True,
         load_coarse: bool = True,
+        trust_checkpoints: bool = False,
         **kwargs,
     ) -> KiTSCascadePredictor:
         """Load the three stage models from ``$nnUNet_results`` (or ``results``).
 
         ``models``: ``{"coarse"|"fine"|"masses": StageModel}`` (see
         :func:`kits_plugins.inference.model_discovery.stage_models`); defaults for missing stages.
-        ``load_coarse=False`` skips stage 221 (oracle coarse masks). Other keywords go to ``__init__``.
+        ``load_coarse=False`` skips stage 221 (oracle coarse masks). ``trust_checkpoints`` unpickles checkpoints
+        fully (see :mod:`kits_plugins.inference.checkpoints`). Other keywords go to ``__init__``.
         """
         from kits_plugins.inference.model_discovery import DEFAULT_STAGE_MODELS, load_stage_predictor
 
@@ -209,7 +227,8 @@ class KiTSCascadePredictor:
 
             if not torch.cuda.is_available():
                 raise KitsInputError("-device cuda: no CUDA device is available (use -device cpu)")
-        common = dict(results=results, device=device, step_size=step_size, use_mirroring=use_mirroring)
+        common = dict(results=results, device=device, step_size=step_size, use_mirroring=use_mirroring,
+                      trust_checkpoints=trust_checkpoints)
         coarse = load_stage_predictor(models["coarse"], **common) if load_coarse else None
         fine = load_stage_predictor(models["fine"], **common)
         masses = load_stage_predictor(models["masses"], **common)
@@ -348,8 +367,8 @@ class KiTSCascadePredictor:
         mask = None
         if coarse_mask_path is not None:
             mask, mg = read_label(coarse_mask_path, max_label=255)
-            if mg.size != g.size:
-                raise KitsInputError(f"{coarse_mask_path}: size {mg.size} differs from CT {ct_path} {g.size}")
+            if not mg.matches(g):
+                raise KitsInputError(f"{coarse_mask_path}: geometry differs from CT {ct_path} ({mg.describe_mismatch(g)})")
         read_s = time.perf_counter() - t
         result = self.predict_array(ct, g, mask)
         del ct, mask
@@ -389,18 +408,18 @@ class KiTSCascadePredictor:
         """
         from tqdm import tqdm
 
-        from kits_plugins.inference.stage_io import crop_record, find_ct_inputs, mask_file, write_crops_json
+        from kits_plugins.inference.stage_io import crop_record, write_crops_json
         from kits_plugins.utilities.image_io import read_geometry
 
-        cases = find_ct_inputs(inputs)
+        jobs = prediction_jobs(inputs, output_dir, coarse_masks, self.save_probabilities)
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         infos, records, geoms = [], [], {}
-        bar = tqdm(cases, desc="kits predict", unit="case", disable=not progress)
-        for case, ct_path in bar:
+        bar = tqdm(jobs, desc="kits predict", unit="case", disable=not progress)
+        for job in bar:
+            case, ct_path = job.case, job.ct
             bar.set_postfix_str(case)
-            mask_path = mask_file(Path(coarse_masks), case) if coarse_masks is not None else None
-            info = self.predict_case(ct_path, output_dir / f"{case}{FILE_ENDING}", mask_path, case)
+            info = self.predict_case(ct_path, job.output, job.coarse_mask, case)
             infos.append(info)
             tqdm.write(timing_line(info))
             if self.save_probabilities:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 
 from kits_plugins.constants import DEFAULT_MARGIN_MM, DEFAULT_MIN_ROI_VOLUME_MM3, PLANS_NAME
+from kits_plugins.utilities.arguments import fold, non_negative_float, step_fraction
 
 
 def _add_roi_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM,
+    parser.add_argument("--margin-mm", type=non_negative_float, default=DEFAULT_MARGIN_MM,
                         help=f"ROI margin around each kidney in mm (default {DEFAULT_MARGIN_MM})")
-    parser.add_argument("--min-roi-volume-mm3", type=float, default=DEFAULT_MIN_ROI_VOLUME_MM3,
+    parser.add_argument("--min-roi-volume-mm3", type=non_negative_float, default=DEFAULT_MIN_ROI_VOLUME_MM3,
                         help="mask components smaller than this get no ROI of their own (the largest always does; "
                              f"default {DEFAULT_MIN_ROI_VOLUME_MM3})")
 
@@ -23,17 +24,21 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CT file, folder of CT NIfTIs (case_XXXXX_0000.nii.gz or *.nii.gz) or KiTS layout "
                              "(case_XXXXX/imaging.nii.gz)")
     parser.add_argument("-o", dest="output", required=True, help="output folder (case_XXXXX.nii.gz)")
-    parser.add_argument("-f", dest="folds", nargs="+", default=None,
+    parser.add_argument("-f", dest="folds", nargs="+", type=fold, default=None,
                         help="folds to ensemble for every stage (default: every fold_N present, else 'all')")
     parser.add_argument("-device", dest="device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
-    parser.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of patch)")
+    parser.add_argument("--step-size", type=step_fraction, default=0.5,
+                        help="sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case>_roiK.npz with the ROI-sized probabilities of stages 222 and 223 "
                              "(float16, file order) and crops.json with the ROI boxes")
     parser.add_argument("--results", default=None, help="nnU-Net results folder (default $nnUNet_results)")
     parser.add_argument("-p", dest="plans", default=PLANS_NAME, help=f"plans identifier (default {PLANS_NAME})")
     parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    parser.add_argument("--trust-checkpoints", action="store_true",
+                        help="load checkpoints with full unpickling (may run code stored in them); only for files "
+                             "from a trusted source that the default safe loader refuses")
     for stage, trainer, config in (
         ("coarse", "nnUNetTrainerKiTSCoarse", "3d_lowres"),
         ("fine", "nnUNetTrainerKiTSFine", "3d_fullres"),
@@ -51,10 +56,11 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from kits_plugins.inference.cascade import KiTSCascadePredictor
+    from kits_plugins.inference.cascade import KiTSCascadePredictor, prediction_jobs
     from kits_plugins.inference.model_discovery import stage_models
     from kits_plugins.utilities.memory import return_freed_memory_to_os
 
+    prediction_jobs(args.input, args.output, args.coarse_masks, args.save_probabilities)  # input errors first
     models = stage_models(
         folds=args.folds, plans=args.plans, checkpoint=args.checkpoint,
         coarse_trainer=args.coarse_trainer, fine_trainer=args.fine_trainer, masses_trainer=args.masses_trainer,
@@ -66,7 +72,7 @@ def run_predict(args: argparse.Namespace) -> int:
         use_mirroring=not args.disable_tta, load_coarse=args.coarse_masks is None,
         margin_mm=args.margin_mm, min_roi_volume_mm3=args.min_roi_volume_mm3,
         postprocess=not args.no_postprocess, on_empty_mask=args.on_empty_mask,
-        save_probabilities=args.save_probabilities,
+        save_probabilities=args.save_probabilities, trust_checkpoints=args.trust_checkpoints,
     )
     infos = predictor.predict(args.input, args.output, coarse_masks=args.coarse_masks)
     print(f"kits predict: {len(infos)} case(s) written to {args.output}")

@@ -34,22 +34,27 @@ from kits_plugins.dataset_conversion.crops_json import (
     CROPS_JSON,
     CropRecord,
     crop_geometry,
-    load_crops_json,
+    crops_json_path,
     paste_back,
+    read_crops_document,
     records_by_case,
+    records_from_document,
     save_crops_json,
 )
 from kits_plugins.utilities import roi
-from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_image, read_label, write_image
+from kits_plugins.utilities.ct_io import read_ct
+from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_label, write_image
+from kits_plugins.utilities.paths import check_id, child_path, refuse_overwriting_inputs
 
 _CHANNEL = re.compile(r"_(\d{4})\.nii\.gz$")
 
 
 def case_id_from_path(path: str | os.PathLike) -> str:
-    """``case_00001_0000.nii.gz`` / ``case_00001.nii.gz`` / ``case_00001/imaging.nii.gz`` -> ``case_00001``."""
+    """``case_00001_0000.nii.gz`` / ``case_00001.nii.gz`` / ``case_00001/imaging.nii.gz`` -> ``case_00001``
+    (not checked; :func:`find_ct_inputs` checks it with :func:`kits_plugins.utilities.paths.check_id`)."""
     path = Path(path)
     if path.name in ("imaging.nii.gz", "imaging.nii"):
-        return path.parent.name
+        return path.absolute().parent.name  # also for a bare "imaging.nii.gz" in the current folder
     name = _CHANNEL.sub("", path.name)
     for ending in (".nii.gz", ".nii"):
         if name.endswith(ending):
@@ -61,7 +66,8 @@ def find_ct_inputs(path: str | os.PathLike) -> list[tuple[str, Path]]:
     """(case id, CT file) pairs from a file, a folder of NIfTIs or the KiTS layout, sorted by case id.
 
     A folder is read as the KiTS layout if it has ``*/imaging.nii.gz``, else as nnU-Net input if it has
-    ``*_0000.nii.gz`` files (other channels are ignored), else every ``*.nii.gz`` is a case.
+    ``*_0000.nii.gz`` files (other channels are ignored), else every ``*.nii.gz`` is a case. Case ids must be
+    plain names (they name the outputs).
     """
     path = Path(path)
     if path.is_file():
@@ -79,7 +85,7 @@ def find_ct_inputs(path: str | os.PathLike) -> list[tuple[str, Path]]:
         raise KitsInputError(
             f"{path}: no CT found (looked for case_XXXXX/imaging.nii.gz, *_0000.nii.gz and *.nii.gz)"
         )
-    pairs = [(case_id_from_path(f), f) for f in files]
+    pairs = [(check_id(case_id_from_path(f), f), f) for f in files]
     seen: dict[str, Path] = {}
     for case, f in pairs:
         if case in seen:
@@ -110,10 +116,13 @@ def load_crops(path: str | os.PathLike) -> tuple[dict[str, CropRecord], dict[str
     Cases come from the ``cases`` entry written by ``crop-rois`` / ``kits predict --save-probabilities``,
     else from the records (a ``derive-stages`` crops.json lists only cases with ROIs).
     """
-    records = load_crops_json(path)
-    path = Path(path)
-    doc = json.loads((path / CROPS_JSON if path.is_dir() else path).read_text())
-    cases = {c: Geometry.from_dict(g) for c, g in (doc.get("cases") or {}).items()}
+    path = crops_json_path(path)
+    doc = read_crops_document(path)
+    records = records_from_document(doc, path)
+    try:
+        cases = {check_id(c, path): Geometry.from_dict(g) for c, g in (doc.get("cases") or {}).items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise KitsInputError(f"{path}: bad 'cases' entry ({e})") from None
     for r in records.values():
         cases.setdefault(r.case, r.source_geometry)
     return records, cases
@@ -157,17 +166,29 @@ def crop_rois(
             raise KitsInputError(f"{crops_json}: cases without CT in {ct_input}: {unknown}")
         cases = [(c, f) for c, f in cases if c in given[1]]
         by_case = records_by_case(given[0])
+    masks = {c: mask_file(Path(mask_dir), c) for c, _ in cases} if mask_dir is not None else {}
+    inputs = [f for _, f in cases] + list(masks.values())
+    if given is not None:
+        inputs.append(crops_json_path(crops_json))
+        planned = [r.crop_id for rs in by_case.values() for r in rs]
+        crops_source = crops_json_path(crops_json)
+        if roi_mask_dir is not None:
+            inputs += [child_path(roi_mask_dir, f"{cid}{FILE_ENDING}", crops_source) for cid in planned]
+        outputs = [child_path(out_dir, f"{cid}_{ch:04d}{FILE_ENDING}", crops_source) for cid in planned for ch in (0, 1)]
+    else:
+        outputs = []  # crop ids are made here from checked case ids; only crops.json can collide by name
+    refuse_overwriting_inputs([*outputs, out_dir / CROPS_JSON], inputs, "kits crop-rois")
     out_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, CropRecord] = {}
     geometries: dict[str, Geometry] = {}
     for case, ct_path in tqdm(cases, desc="crop-rois", unit="case"):
-        ct, g = read_image(ct_path)
+        ct, g = read_ct(ct_path)
         mask = None
         if mask_dir is not None:
-            mpath = mask_file(Path(mask_dir), case)
-            mask, _ = read_label(mpath, max_label=255)
-            if mask.shape != ct.shape:
-                raise KitsInputError(f"{mpath}: mask shape {mask.shape} differs from CT {ct_path} {ct.shape}")
+            mpath = masks[case]
+            mask, mg = read_label(mpath, max_label=255)
+            if not mg.matches(g):
+                raise KitsInputError(f"{mpath}: geometry differs from CT {ct_path} ({mg.describe_mismatch(g)})")
             mask = mask > 0
         if given is not None:
             if not g.matches(given[1][case]):
@@ -183,14 +204,15 @@ def crop_rois(
         geometries[case] = g
         for r in case_records:
             cg = crop_geometry(r)
-            write_image(roi.crop(ct, r.box), cg, out_dir / f"{r.crop_id}_0000{FILE_ENDING}")
+            source = crops_json_path(crops_json) if given is not None else ct_path
+            write_image(roi.crop(ct, r.box), cg, child_path(out_dir, f"{r.crop_id}_0000{FILE_ENDING}", source))
             if with_mask_channel:
                 if roi_mask_dir is not None:
-                    rpath = Path(roi_mask_dir) / f"{r.crop_id}{FILE_ENDING}"
+                    rpath = child_path(roi_mask_dir, f"{r.crop_id}{FILE_ENDING}", source)
                     channel = _read_roi_prediction(rpath, cg) > 0
                 else:
                     channel = roi.crop(mask, r.box)
-                write_image(channel.astype(np.uint8), cg, out_dir / f"{r.crop_id}_0001{FILE_ENDING}")
+                write_image(channel.astype(np.uint8), cg, child_path(out_dir, f"{r.crop_id}_0001{FILE_ENDING}", source))
             records[r.crop_id] = r
     write_crops_json(out_dir / CROPS_JSON, records.values(), geometries)
     return records
@@ -223,9 +245,17 @@ def paste_rois(
     from kits_plugins.inference.cascade import combine_stage_outputs, masses_label_lut
 
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    source = crops_json_path(crops_json)
     records, cases = load_crops(crops_json)
     by_case = records_by_case(records)
     refs = dict(find_ct_inputs(ref)) if ref is not None else {}
+    inputs = [source, *refs.values()]
+    for r in records.values():
+        inputs.append(child_path(pred_dir, f"{r.crop_id}{FILE_ENDING}", source))
+        if fine_dir is not None:
+            inputs.append(child_path(fine_dir, f"{r.crop_id}{FILE_ENDING}", source))
+    outputs = {case: child_path(out_dir, f"{case}{FILE_ENDING}", source) for case in cases}
+    refuse_overwriting_inputs(outputs.values(), inputs, "kits paste-rois")
     lut = None
     if fine_dir is not None:
         ds = pred_dir / "dataset.json"
@@ -242,14 +272,13 @@ def paste_rois(
         seg = np.zeros(g.shape, dtype=np.uint8)
         for r in by_case.get(case, []):
             cg = crop_geometry(r)
-            patch = _read_roi_prediction(pred_dir / f"{r.crop_id}{FILE_ENDING}", cg)
+            patch = _read_roi_prediction(child_path(pred_dir, f"{r.crop_id}{FILE_ENDING}", source), cg)
             if fine_dir is not None:
-                fine = _read_roi_prediction(Path(fine_dir) / f"{r.crop_id}{FILE_ENDING}", cg)
+                fine = _read_roi_prediction(child_path(fine_dir, f"{r.crop_id}{FILE_ENDING}", source), cg)
                 patch = combine_stage_outputs(fine > 0, lut[np.minimum(patch, len(lut) - 1)])
             paste_back(patch, r, out=seg)
-        out = out_dir / f"{case}{FILE_ENDING}"
-        write_image(seg, g, out)
-        written.append(out)
+        write_image(seg, g, outputs[case])
+        written.append(outputs[case])
     return written
 
 

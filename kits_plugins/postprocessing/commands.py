@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from kits_plugins.constants import CYST, KIDNEY, TARGET_SPACING, TUMOR
+from kits_plugins.utilities.arguments import non_negative_float, positive_float
 from kits_plugins.utilities.image_io import KitsInputError, atomic_write_bytes
+from kits_plugins.utilities.paths import refuse_overwriting_inputs
 
 
 def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,12 +21,13 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
         "file's own voxel size; headers are kept exactly; writes are atomic."
     )
     parser.add_argument("input", nargs="?", help="label map file or folder of .nii.gz/.nii files")
-    parser.add_argument("output", nargs="?", help="output file, or folder (created) when INPUT is a folder")
-    parser.add_argument("--min-kidney-mm3", type=float, default=D[KIDNEY],
+    parser.add_argument("output", nargs="?",
+                        help="output file, or folder (created) when INPUT is a folder; never one of the inputs")
+    parser.add_argument("--min-kidney-mm3", type=non_negative_float, default=D[KIDNEY],
                         help=f"smallest kidney(+masses) component kept (default {D[KIDNEY]:.1f}; 0 disables)")
-    parser.add_argument("--min-tumor-mm3", type=float, default=D[TUMOR],
+    parser.add_argument("--min-tumor-mm3", type=non_negative_float, default=D[TUMOR],
                         help=f"smallest tumor component kept (default {D[TUMOR]:.2f}; 0 disables)")
-    parser.add_argument("--min-cyst-mm3", type=float, default=D[CYST],
+    parser.add_argument("--min-cyst-mm3", type=non_negative_float, default=D[CYST],
                         help=f"smallest cyst component kept (default {D[CYST]:.2f}; 0 disables)")
     parser.add_argument("--keep-outside", action="store_true",
                         help="keep tumor/cyst components that touch no kidney (removed by default)")
@@ -32,7 +35,7 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-pkl", metavar="PKL",
                         help="also write these settings as an nnU-Net postprocessing.pkl (for "
                         "nnUNetv2_apply_postprocessing); thresholds become voxel counts at --pkl-spacing")
-    parser.add_argument("--pkl-spacing", type=float, nargs=3, metavar=("S0", "S1", "S2"), default=list(TARGET_SPACING),
+    parser.add_argument("--pkl-spacing", type=positive_float, nargs=3, metavar=("S0", "S1", "S2"), default=list(TARGET_SPACING),
                         help="voxel size (mm) the pkl's voxel thresholds are computed for (default: target spacing)")
 
 
@@ -61,26 +64,26 @@ def run_postprocess(args: argparse.Namespace) -> int:
     from kits_plugins.postprocessing.files import postprocess_file
 
     thresholds = {KIDNEY: args.min_kidney_mm3, TUMOR: args.min_tumor_mm3, CYST: args.min_cyst_mm3}
-    for label, value in thresholds.items():
-        if value < 0:
-            raise KitsInputError(f"--min-*-mm3 must be >= 0, got {value} for label {label}")
     remove_outside = not args.keep_outside
+
+    if (args.input is None) != (args.output is None):
+        raise KitsInputError("give both INPUT and OUTPUT")
+    if args.input is None and not args.export_pkl:
+        raise KitsInputError("give INPUT and OUTPUT (or --export-pkl)")
+    pairs = _pairs(Path(args.input), Path(args.output)) if args.input is not None else []
+    inputs, outputs = [src for src, _ in pairs], [dst for _, dst in pairs]
+    refuse_overwriting_inputs(outputs, inputs, "kits postprocess")
+    for flag, extra in (("--report", args.report), ("--export-pkl", args.export_pkl)):
+        if extra:
+            refuse_overwriting_inputs([extra], inputs + outputs, f"kits postprocess {flag}")
 
     if args.export_pkl:
         from kits_plugins.postprocessing.nnunet_export import export_postprocessing_pkl
 
-        if min(args.pkl_spacing) <= 0:
-            raise KitsInputError(f"--pkl-spacing must be positive, got {args.pkl_spacing}")
         path = export_postprocessing_pkl(args.export_pkl, args.pkl_spacing, thresholds, remove_outside)
         print(f"wrote {path} (apply with: nnUNetv2_apply_postprocessing -i IN -o OUT -pp_pkl_file {path})")
-    if args.input is None and args.output is None:
-        if args.export_pkl:
-            return 0
-        raise KitsInputError("give INPUT and OUTPUT (or --export-pkl)")
-    if args.input is None or args.output is None:
-        raise KitsInputError("give both INPUT and OUTPUT")
-
-    pairs = _pairs(Path(args.input), Path(args.output))
+    if not pairs:
+        return 0
     reports = {}
     n_changed = 0
     for src, dst in tqdm(pairs, desc="postprocess", unit="file", disable=len(pairs) == 1):

@@ -25,7 +25,7 @@ def postprocess_file(
     """Postprocess one label map file; the output keeps the input's origin, spacing and direction exactly.
 
     Thresholds in mm3 are converted with the file's own voxel volume. The output is written as uint8
-    through a temporary file and renamed, so ``out_path`` may equal ``in_path``. Raises
+    through a temporary file and renamed (``kits postprocess`` refuses an output that is one of its inputs). Raises
     :class:`KitsInputError` (naming the file) for unreadable files or labels outside 0-3.
     """
     seg, geometry = read_label(in_path)

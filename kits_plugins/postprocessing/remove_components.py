@@ -67,6 +67,7 @@ class PostprocessReport:
     voxel_volume_mm3: float
     min_voxels: dict[int, int]
     removed: list[RemovedComponent] = field(default_factory=list)
+    emptied: bool = False  # the map had foreground and none is left (every kidney removed)
 
     def largest_removed(self, label: int | None = None) -> RemovedComponent | None:
         items = [r for r in self.removed if label is None or r.label == label]
@@ -89,6 +90,7 @@ class PostprocessReport:
             "voxel_volume_mm3": self.voxel_volume_mm3,
             "min_voxels": {LABEL_NAMES[k]: v for k, v in self.min_voxels.items()},
             "removed": [asdict(r) for r in self.removed],
+            "emptied": self.emptied,
         }
 
 
@@ -211,6 +213,12 @@ def postprocess_with_report(
     if int(crop.max()) > MAX_LABEL:
         raise ValueError(f"labels must be 0-{MAX_LABEL}, found {int(crop.max())}")
     report.removed = _postprocess_crop(crop, min_voxels, remove_outside_kidney, voxel_volume)
+    report.emptied = bool(report.removed) and not crop.any()
+    if report.emptied:
+        logger.warning(
+            "postprocessing removed every kidney component (%s): the label map is now empty; check the "
+            "thresholds (--min-kidney-mm3 %.1f) against this scan", report.summary(), thresholds[KIDNEY],
+        )
     for r in report.removed:
         if r.exceeds_seed_voxels:
             logger.warning(

@@ -25,13 +25,16 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"procedural voxel spacing in mm, same order (default {' '.join(map(str, DEFAULT_SPACING))})",
     )  # fmt: skip
     parser.add_argument("--first-case", type=int, default=0, help="number of the first procedural case (default 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty OUT (cases of the same id are replaced); refused without it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from kits_plugins.synthetic.writer import synthesize_dataset, synthesize_from_labels
+    from kits_plugins.synthetic.writer import check_output_folder, synthesize_dataset, synthesize_from_labels
     from kits_plugins.utilities.image_io import KitsInputError
 
+    check_output_folder(args.out, args.overwrite)
     if args.from_labels is not None:
         paths = synthesize_from_labels(args.out, args.from_labels, seed=args.seed, progress=not args.quiet)
     else:

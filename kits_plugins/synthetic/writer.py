@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from kits_plugins.synthetic.from_labels import synthesize_ct_from_label
 from kits_plugins.synthetic.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, make_case
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_label, write_image
+from kits_plugins.utilities.staging import make_temp_dir
 
 IMAGING, SEGMENTATION = "imaging.nii.gz", "segmentation.nii.gz"
 _LABEL_FILE = re.compile(r"^(case_\d{5})\.nii\.gz$")
@@ -30,19 +30,14 @@ def case_seed(seed: int, index: int) -> int:
 
 
 def _commit_case(out_dir: Path, case_id: str, fill) -> Path:
-    """Create OUT/.case_id.*.partial, let ``fill(tmp_dir)`` write into it, then rename it to OUT/case_id."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Create a hidden OUT/.case_id.*.partial folder, let ``fill(tmp_dir)`` write into it, then rename it to
+    OUT/case_id (:func:`kits_plugins.utilities.staging.make_temp_dir`: ordinary permissions, owner in the name)."""
     final = out_dir / case_id
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".partial", dir=out_dir))
+    tmp = make_temp_dir(final)
     try:
         fill(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp create private entries; use normal permissions
-        for p in tmp.iterdir():
-            os.chmod(p, 0o666 & ~umask)
         if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".old", dir=out_dir))
+            old = make_temp_dir(final, suffix=".old")
             os.replace(final, old / case_id)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -52,6 +47,20 @@ def _commit_case(out_dir: Path, case_id: str, fill) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def check_output_folder(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that is a file, or a folder with visible entries unless ``overwrite`` (its cases of
+    the same ids would be replaced: a KiTS folder must not be overwritten by accident)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise KitsInputError(f"{out}: exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if entries and not overwrite:
+        raise KitsInputError(
+            f"{out}: folder is not empty ({len(entries)} entries, e.g. {entries[0]}); pass --overwrite to write into "
+            "it (cases of the same ids are replaced)"
+        )
 
 
 def write_case(out_dir: str | os.PathLike, case_id: str, ct: np.ndarray, label: np.ndarray, geometry: Geometry) -> Path:

@@ -319,3 +319,21 @@ def test_from_predictions_gives_boxes_and_mask_channel(derived, tmp_path):
     (preds / "case_00002.nii.gz").unlink()
     with pytest.raises(KitsInputError, match="case_00002"):
         derive_stages(raw=raw3, from_predictions=preds, overwrite=True)
+
+
+def test_nan_in_a_float_ct_is_refused_by_convert_and_derive(tmp_path):
+    kits = make_kits_dir(tmp_path, kinds=("two", "solitary"))
+    ct = make_ct(make_label("two")).astype(np.float32)
+    ct[30, 17, 4] = np.nan
+    g = _geometry(origin=(-120.0, 35.5, 410.0))
+    write_image(ct, g, kits / "case_00000" / "imaging.nii.gz")  # ITK would read the NaN as 0
+    with pytest.raises(KitsInputError, match=r"case_00000.*imaging.nii.gz: CT contains NaN or infinite values "
+                                             r"\(first in slice 30\)"):
+        convert_kits23(kits, raw=tmp_path / "raw")
+    # a NaN CT that reached Dataset220 some other way is refused where derive-stages crops it
+    write_image(make_ct(make_label("two")), g, kits / "case_00000" / "imaging.nii.gz")
+    _, _ = convert_kits23(kits, raw=tmp_path / "raw")
+    write_image(ct, g, tmp_path / "raw" / "Dataset220_KiTS2023" / "imagesTr" / "case_00000_0000.nii.gz")
+    with pytest.raises(KitsInputError, match="case_00000_0000.nii.gz: CT contains NaN"):
+        derive_stages(raw=tmp_path / "raw", margin_mm=MARGIN, min_volume_mm3=MIN_VOL)
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["Dataset220_KiTS2023"]

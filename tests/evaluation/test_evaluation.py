@@ -367,3 +367,14 @@ def test_cli_end_to_end(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "kits evaluate: error:" in err and "case_00000" in err
     assert not (tmp_path / "y.csv").exists()
+
+
+@pytest.mark.parametrize("target", ["pred/case_00001.nii.gz", "ref/case_00002.nii.gz"])
+def test_output_over_an_input_is_refused_and_the_input_kept(tmp_path, capsys, target):
+    pred_dir, ref_dir, _ = _make_case_folders(tmp_path)
+    victim = tmp_path / target
+    original = victim.read_bytes()
+    rc = main(["evaluate", str(pred_dir), str(ref_dir), "-o", str(victim), "-np", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "would write over its input" in err and len(err.strip().splitlines()) == 1
+    assert victim.read_bytes() == original

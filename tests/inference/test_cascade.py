@@ -231,6 +231,16 @@ def test_kidney_at_border_and_oracle_mask_and_probabilities(results, tmp_path):
     assert np.array_equal(npz["masses"][1] > 0.5, roi.crop(lab, box) == 2)
 
 
+def test_coarse_mask_with_another_geometry_is_refused(cascade, tmp_path):
+    ct, lab, g = make_case()
+    _write_case(tmp_path / "ct", "case_00001", ct, lab, g)
+    moved = Geometry((g.origin[0], g.origin[1] + 3.0, g.origin[2]), g.spacing, g.direction, g.size)  # same size
+    write_image((lab > 0).astype(np.uint8), moved, tmp_path / "masks" / "case_00001.nii.gz")
+    with pytest.raises(KitsInputError, match=r"case_00001.nii.gz: geometry differs from CT .*origin"):
+        cascade.predict(tmp_path / "ct", tmp_path / "out", coarse_masks=tmp_path / "masks", progress=False)
+    assert not (tmp_path / "out" / "case_00001.nii.gz").exists()
+
+
 def test_empty_coarse_mask_fallbacks(cascade, tmp_path):
     ct, lab, g = make_case(shape=(20, 18, 8))
     ct[:] = HU[0]  # no kidney anywhere
@@ -259,23 +269,6 @@ def test_postprocessing_is_applied_when_available(cascade):
         warnings.simplefilter("error")
         res = pp.predict_array(ct, g, coarse_mask=lab)
     assert np.array_equal(res.segmentation, lab) and res.timings["postprocess"] >= 0
-
-
-def test_read_ct_keeps_int16_converts_float64_and_rejects_nan(tmp_path):
-    from kits_plugins.inference.cascade import read_ct
-
-    ct, lab, g = make_case()
-    write_image(np.round(ct).astype(np.int16), g, tmp_path / "a.nii.gz")
-    a, ga = read_ct(tmp_path / "a.nii.gz")
-    assert a.dtype == np.int16 and ga == g and np.array_equal(a, np.round(ct))  # half the memory of float32
-    write_image(ct.astype(np.float64), g, tmp_path / "b.nii.gz")
-    b, _ = read_ct(tmp_path / "b.nii.gz")
-    assert b.dtype == np.float32 and np.array_equal(b, ct)  # never a float64 volume
-    bad = ct.copy()
-    bad[20, 3, 5] = np.nan
-    write_image(bad, g, tmp_path / "c.nrrd")  # (ITK's NIfTI reader turns NaN into 0 before we see it)
-    with pytest.raises(KitsInputError, match=r"c\.nrrd: CT contains NaN"):
-        read_ct(tmp_path / "c.nrrd")
 
 
 def test_int16_ct_gives_the_same_labels_as_float32(cascade):
@@ -393,6 +386,22 @@ def test_cli_predict_on_kits_layout(results, tmp_path, capsys):
     assert main(["predict", "-i", str(tmp_path / "kits"), "-o", str(tmp_path / "o2"), "--results", str(results),
                  "--fine-trainer", "nnUNetTrainerNope"]) == 2
     assert "nnUNetTrainerNope__kitsPlans__3d_fullres: model folder missing" in capsys.readouterr().err
+
+
+def test_cli_predict_refuses_a_truncated_ct(results, tmp_path, capsys):
+    from kits_plugins.cli import main
+
+    _, _, g = make_case()
+    noisy = np.random.default_rng(1).integers(-1000, 1000, (80, 80, 40)).astype(np.int16)  # ~0.5 MB compressed:
+    big = Geometry(g.origin, g.spacing, g.direction, noisy.shape[::-1])  # large enough for ITK to read past a cut
+    write_image(noisy, big, tmp_path / "in" / "case_00012_0000.nii.gz")
+    data = (tmp_path / "in" / "case_00012_0000.nii.gz").read_bytes()
+    (tmp_path / "in" / "case_00012_0000.nii.gz").write_bytes(data[: len(data) // 2])
+    assert main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--results", str(results),
+                 "--disable-tta"]) == 2
+    err = capsys.readouterr().err
+    assert "case_00012_0000.nii.gz: truncated or corrupt gzip stream" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "case_00012.nii.gz").exists()
 
 
 @pytest.mark.parametrize("order_z", [0, 1])

@@ -362,3 +362,36 @@ def test_real_label_map_keeps_header_and_organ(shared_label_files, tmp_path):
     assert lost == sum(r.voxels for r in report.removed if r.new_label == 0)
     assert lost <= 1e-3 * np.count_nonzero(gt)
     assert all(r.reason != "small_tumor" for r in report.removed)
+
+
+def test_cli_refuses_outputs_over_inputs(tmp_path, capsys):
+    seg = demo_case()
+    write_image(seg, kits_geometry(seg.shape), tmp_path / "in" / "a.nii.gz")
+    src = tmp_path / "in" / "a.nii.gz"
+    original = src.read_bytes()
+    cases = [
+        ["postprocess", str(src), str(src)],  # in place
+        ["postprocess", str(tmp_path / "in"), str(tmp_path / "in")],  # folder onto itself
+        ["postprocess", str(src), str(tmp_path / "out.nii.gz"), "--report", str(src)],
+        ["postprocess", str(src), str(tmp_path / "out.nii.gz"), "--report", str(tmp_path / "out.nii.gz")],
+        ["postprocess", str(src), str(tmp_path / "out.nii.gz"), "--export-pkl", str(src)],
+    ]
+    for argv in cases:
+        assert kits_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "would write over its input" in err and len(err.strip().splitlines()) == 1
+        assert src.read_bytes() == original
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_removing_every_kidney_is_reported_and_warned(caplog):
+    seg = base_map()
+    with caplog.at_level(logging.WARNING, logger="kits_plugins.postprocessing.remove_components"):
+        out, report = postprocess_with_report(seg, (1.0, 1.0, 1.0), {1: 1e9})
+    assert not out.any() and report.emptied and report.to_dict()["emptied"] is True
+    assert any("removed every kidney component" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kits_plugins.postprocessing.remove_components"):
+        out, report = postprocess_with_report(seg, (2.0, 2.0, 2.0))  # 1728 voxels of 8 mm3: kept
+    assert out.any() and not report.emptied and not caplog.records
+    assert not postprocess_with_report(np.zeros_like(seg), (1.0, 1.0, 1.0))[1].emptied  # empty in, not "emptied"

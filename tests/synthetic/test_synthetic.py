@@ -304,3 +304,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "x"), "--from-labels", str(empty)]) == 2
     err = capsys.readouterr().err
     assert "nothing" in err and "no label maps" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_refuses_a_non_empty_output_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "kits"
+    (out / "case_00000").mkdir(parents=True)
+    (out / "case_00000" / "imaging.nii.gz").write_bytes(b"a real user's CT")
+    argv = ["synth", str(out), "--cases", "1", "--shape", "16", "24", "24", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "folder is not empty" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "case_00000" / "imaging.nii.gz").read_bytes() == b"a real user's CT"
+    d = _write_label_dir(tmp_path)
+    assert main(["synth", str(out), "--from-labels", str(d), "--quiet"]) == 2
+    assert main([*argv, "--overwrite"]) == 0
+    assert read_geometry(out / "case_00000" / "imaging.nii.gz").size == (16, 24, 24)  # KiTS layout: slices last
