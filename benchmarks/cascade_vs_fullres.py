@@ -61,7 +61,7 @@ def _predictor(config, spacing, channels, labels, rco, features, seed, tta, fg_b
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from kits_plugins.inference.model_discovery import make_nnunet_predictor
-    from kits_plugins.utilities.plans_builder import minimal_plans, plain_unet_architecture
+    from kits_plugins.testing.plans_builder import minimal_plans, plain_unet_architecture
 
     norm = ["CTNormalization"] + ["NoNormalization"] * (len(channels) - 1)
     pm = PlansManager(minimal_plans(config, spacing, norm, plain_unet_architecture(features), dataset_name="bench"))

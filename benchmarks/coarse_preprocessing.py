@@ -40,9 +40,9 @@ def worker(case_dir: str, variant: str) -> dict:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from kits_plugins.inference.coarse import preprocess_lowres
+    from kits_plugins.testing.plans_builder import minimal_plans
     from kits_plugins.utilities.image_io import Geometry
     from kits_plugins.utilities.orientation import Reorientation
-    from kits_plugins.utilities.plans_builder import minimal_plans
 
     case = json.loads((Path(case_dir) / "case.json").read_text())
     g = Geometry.from_dict(case["geometry"])

@@ -28,9 +28,9 @@ from kits_plugins.evaluation.metrics import (
     METRIC_COLUMNS,
     compute_case_metrics,
     compute_case_metrics_straightforward,
-    foreground_box,
 )
 from kits_plugins.utilities.image_io import read_label
+from kits_plugins.utilities.roi import outer_slices
 
 REPO = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore", message="Please import", category=DeprecationWarning)
@@ -38,8 +38,7 @@ warnings.filterwarnings("ignore", message="Please import", category=DeprecationW
 
 def perturb(ref: np.ndarray) -> np.ndarray:
     """A plausible imperfect prediction: shifted, one lesion missed, a kidney shell grown (all in the crop)."""
-    box = foreground_box(ref)
-    box = tuple(slice(max(s.start - 4, 0), min(s.stop + 4, n)) for s, n in zip(box, ref.shape))
+    box = outer_slices(ref, pad=4)
     crop = np.roll(ref[box], (1, -1), axis=(0, 1))
     lesion = 3 if np.any(crop == 3) else 2
     comps, n = cc3d.connected_components(crop == lesion, return_N=True)

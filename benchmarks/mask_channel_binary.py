@@ -2,7 +2,7 @@
 
 Baseline: nnU-Net's stock ``nnUNetTrainer.get_training_transforms``; ours: ``nnUNetTrainerKiTSSurface``'s. Both
 run in the same process on the same nnU-Net dataloader over a small synthetic 223 dataset (written with
-``kits_plugins.planning.tiny_datasets`` and planned with ``kits plan``'s Python API), same seeds.
+``kits_plugins.testing.tiny_datasets`` and planned with ``kits plan``'s Python API), same seeds.
 
     python benchmarks/mask_channel_binary.py --out benchmarks/results/mask_channel_binary.json [--batches 50]
 """
@@ -38,7 +38,7 @@ def main() -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from kits_plugins.planning.planning import plan_and_preprocess
-    from kits_plugins.planning.tiny_datasets import write_tiny_stage_dataset
+    from kits_plugins.testing.tiny_datasets import write_tiny_stage_dataset
 
     torch.set_num_threads(1)
     write_tiny_stage_dataset(root / "raw", 223, num_cases=args.cases, seed=223)

@@ -24,17 +24,17 @@ from tqdm import tqdm
 from kits_plugins.constants import CYST, LABEL_NAMES, TUMOR
 from kits_plugins.postprocessing.remove_components import (
     DEFAULT_MIN_VOLUME_MM3,
-    foreground_bbox,
     postprocess_with_report,
 )
 from kits_plugins.utilities.image_io import read_label
+from kits_plugins.utilities.roi import outer_slices
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def component_sizes(seg: np.ndarray) -> dict[str, list[int]]:
     """Voxel counts of the 26-connected components: kidney+masses ("kidney"), tumor and cyst."""
-    box = foreground_bbox(seg)
+    box = outer_slices(seg)
     out: dict[str, list[int]] = {"kidney": [], "tumor": [], "cyst": []}
     if box is None:
         return out

@@ -29,7 +29,7 @@ export KITS_EPOCHS="${KITS_EPOCHS:-2}" KITS_ITERS="${KITS_ITERS:-20}" KITS_VAL_I
 # 1. tiny stage datasets: files of 96 x 96 x 48 voxels (slice axis last, KiTS23 direction) at 1.0 x 1.0 x 2.5 mm
 python - <<'EOF'
 import os
-from kits_plugins.planning.tiny_datasets import write_tiny_stage_dataset
+from kits_plugins.testing.tiny_datasets import write_tiny_stage_dataset
 for d in (221, 222, 223):
     write_tiny_stage_dataset(os.environ["nnUNet_raw"], d, num_cases=5, shape=(96, 96, 48), spacing=(2.5, 1.0, 1.0), seed=d)
 EOF

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from kits_plugins.constants import FILE_ENDING, MAX_LABEL, RAW_DATASET_NAME
 from kits_plugins.dataset_conversion.layout import (
-    RAW_LABELS,
-    RAW_REGIONS_CLASS_ORDER,
     raw_root,
     run_jobs,
     staged_datasets,
@@ -23,6 +21,7 @@ from kits_plugins.dataset_conversion.layout import (
 from kits_plugins.utilities.ct_io import check_ct_finite
 from kits_plugins.utilities.gzip_check import verify_gzip_stream
 from kits_plugins.utilities.image_io import KitsInputError, atomic_copy, read_geometry, read_label
+from kits_plugins.utilities.labels import RAW_LABELS, RAW_REGIONS_CLASS_ORDER
 
 IMAGE_NAME, LABEL_NAME = "imaging.nii.gz", "segmentation.nii.gz"
 

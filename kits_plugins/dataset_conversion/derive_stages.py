@@ -4,7 +4,9 @@ Per case the label map, the CT and (optionally) a coarse prediction are each rea
 order (SimpleITK order, exact headers). Boxes are computed in that order with the file's spacing, so a
 crop is a plain sub-array: its header is the source header with the origin moved to the physical point
 of the first voxel (``Geometry.with_size``), and ``crops.json`` records everything needed to paste a crop
-prediction back exactly (:mod:`kits_plugins.dataset_conversion.crops_json`).
+prediction back exactly. Crops, records and crops.json come from :mod:`kits_plugins.utilities.crops` and the
+label encodings from :mod:`kits_plugins.utilities.labels`, the same modules ``kits crop-rois`` and ``kits predict``
+use, so training crops and inference crops are made the same way.
 
 - 221: full CT (hardlink of 220's file) + binary label kidney+masses (1 where label is 1, 2 or 3).
 - 222: ROI crops of the CT + the binary label.
@@ -36,12 +38,7 @@ from kits_plugins.constants import (
     RAW_DATASET_ID,
     STAGE_DATASET_NAMES,
 )
-from kits_plugins.dataset_conversion.crops_json import CROPS_JSON, CropRecord, save_crops_json
 from kits_plugins.dataset_conversion.layout import (
-    BINARY_LABELS,
-    MASSES_CHANNELS,
-    MASSES_LABELS,
-    MASSES_REGIONS_CLASS_ORDER,
     find_dataset,
     raw_root,
     run_jobs,
@@ -49,7 +46,15 @@ from kits_plugins.dataset_conversion.layout import (
     write_dataset_json,
 )
 from kits_plugins.utilities import roi
-from kits_plugins.utilities.ct_io import check_ct_finite
+from kits_plugins.utilities.crops import (
+    CROPS_JSON,
+    CropRecord,
+    crop_record,
+    write_crop,
+    write_crops_json,
+    write_ct_crop,
+)
+from kits_plugins.utilities.ct_io import read_ct
 from kits_plugins.utilities.image_io import (
     Geometry,
     KitsInputError,
@@ -59,55 +64,21 @@ from kits_plugins.utilities.image_io import (
     read_label,
     write_image,
 )
+from kits_plugins.utilities.labels import (
+    BINARY_LABELS,
+    MASSES_CHANNELS,
+    MASSES_LABELS,
+    MASSES_REGIONS_CLASS_ORDER,
+    encode_masses,
+    kidney_mask,
+)
 
 ALL_STAGES = (COARSE_DATASET_ID, FINE_DATASET_ID, MASSES_DATASET_ID)
 DEFAULT_JITTER_MM = 10.0
 DEFAULT_SEED = 12345
 JITTER_DISTRIBUTION = "independent per side: uniform [0, jitter_mm] mm, rounded up to whole voxels, clamped to the image"
 
-# KiTS label value -> Dataset223 label value (kidney parenchyma is background for the masses regions).
-_KITS_TO_MASSES = np.array([0, 0, 1, 2], dtype=np.uint8)
-# Dataset223 value (what nnU-Net writes with regions_class_order (2, 1)) -> KiTS label value.
-MASSES_TO_KITS = np.array([0, 2, 3], dtype=np.uint8)
-
-
 # ---------------------------------------------------------------- pure array functions
-
-
-def kidney_mask(label: np.ndarray) -> np.ndarray:
-    """Binary kidney+masses map (uint8 0/1) of a KiTS label map or a coarse prediction (any value > 0)."""
-    return (label > 0).view(np.uint8)
-
-
-def encode_masses(label: np.ndarray) -> np.ndarray:
-    """KiTS labels (0-3) -> Dataset223 labels: 0 background or kidney, 1 tumor, 2 cyst (uint8)."""
-    return _KITS_TO_MASSES[label]
-
-
-def decode_masses(prediction: np.ndarray) -> np.ndarray:
-    """Dataset223 prediction (0, 1 tumor, 2 cyst) -> KiTS labels (0, 2 tumor, 3 cyst) (uint8)."""
-    if prediction.size and (prediction.min() < 0 or prediction.max() > 2):
-        raise ValueError(f"Dataset223 predictions hold 0, 1 or 2; got values up to {prediction.max()}")
-    return MASSES_TO_KITS[prediction]
-
-
-def compact_ct(ct: np.ndarray) -> np.ndarray:
-    """CT as int16 when that is lossless (integer-valued within int16), else float32; never float64.
-
-    Integer CT already in 8 or 16 bit is returned unchanged (no copy).
-    """
-    if ct.dtype in (np.int16, np.uint8, np.int8):
-        return ct
-    if np.issubdtype(ct.dtype, np.integer):
-        if ct.min() >= np.iinfo(np.int16).min and ct.max() <= np.iinfo(np.int16).max:
-            return ct.astype(np.int16)
-        return ct.astype(np.float32)
-    lossless = True
-    for sl in ct:  # slab by slab: no full-size temporaries
-        if not (np.all(sl == np.round(sl)) and sl.min() >= -32768 and sl.max() <= 32767):
-            lossless = False
-            break
-    return ct.astype(np.int16) if lossless else ct.astype(np.float32, copy=False)
 
 
 def case_rng(seed: int, case: str) -> np.random.Generator:
@@ -177,6 +148,7 @@ class CaseJob:
 @dataclass(frozen=True)
 class CaseResult:
     case: str
+    geometry: dict  # the CT's header, Geometry.to_dict()
     records: list[dict]  # CropRecord.to_dict() plus "crop_id"
     uncovered: int  # ground-truth foreground voxels outside every ROI
     warnings: list[str]
@@ -201,7 +173,7 @@ def derive_case(job: CaseJob) -> CaseResult:
         atomic_copy(job.image, out / "imagesTr" / f"{job.case}_0000{FILE_ENDING}")
         write_image(gt_mask, label_geometry, out / "labelsTr" / f"{job.case}{FILE_ENDING}")
     if FINE_DATASET_ID not in s.stages and MASSES_DATASET_ID not in s.stages:
-        return CaseResult(job.case, [], 0, warnings)
+        return CaseResult(job.case, geometry.to_dict(), [], 0, warnings)
 
     if job.prediction is None:
         roi_mask, jitter = gt_mask, s.jitter_mm
@@ -214,47 +186,33 @@ def derive_case(job: CaseJob) -> CaseResult:
     rois = case_rois(roi_mask, spacing, s.margin_mm, s.min_volume_mm3, jitter, case_rng(s.seed, job.case))
     if not rois:
         warnings.append(f"{job.case}: no kidney in {'the prediction' if job.prediction else 'the label'}, no ROI")
-        return CaseResult(job.case, [], uncovered_voxels(gt_mask, []), warnings)
+        return CaseResult(job.case, geometry.to_dict(), [], uncovered_voxels(gt_mask, []), warnings)
     uncovered = uncovered_voxels(gt_mask, [b for b, _ in rois])
 
-    ct, ct_geometry = read_image(job.image, view=True)
-    if ct.dtype.kind == "f":
-        check_ct_finite(job.image, ct)
-    ct = compact_ct(ct)
+    ct, ct_geometry = read_ct(job.image, view=True)  # the one CT policy (NaN/inf refused), no copy
     records = []
     for i, (box, base) in enumerate(rois):
-        crop_id = f"{job.case}_roi{i}"
-        shape, start = roi.box_shape(box), tuple(a for a, _ in box)
-        g = ct_geometry.with_size(shape, start)
-        ct_crop = np.ascontiguousarray(roi.crop(ct, box))
+        record = crop_record(job.case, i, box, ct_geometry, job.image_rel, s.margin_mm, box_before_jitter=base,
+                             jitter_mm=jitter)
         ct_file = None
         if FINE_DATASET_ID in s.stages:
             out = Path(job.out[FINE_DATASET_ID])
-            ct_file = out / "imagesTr" / f"{crop_id}_0000{FILE_ENDING}"
-            write_image(ct_crop, g, ct_file)
-            write_image(roi.crop(gt_mask, box), g, out / "labelsTr" / f"{crop_id}{FILE_ENDING}")
+            ct_file = out / "imagesTr" / f"{record.crop_id}_0000{FILE_ENDING}"
+            write_ct_crop(ct, record, ct_file)
+            write_crop(gt_mask, record, out / "labelsTr" / f"{record.crop_id}{FILE_ENDING}")
         if MASSES_DATASET_ID in s.stages:
             out = Path(job.out[MASSES_DATASET_ID])
-            dst = out / "imagesTr" / f"{crop_id}_0000{FILE_ENDING}"
+            dst = out / "imagesTr" / f"{record.crop_id}_0000{FILE_ENDING}"
             if ct_file is not None:
                 atomic_copy(ct_file, dst)  # same crop, same bytes: hardlink
             else:
-                write_image(ct_crop, g, dst)
-            write_image(roi.crop(roi_mask, box), g, out / "imagesTr" / f"{crop_id}_0001{FILE_ENDING}")
-            write_image(encode_masses(roi.crop(label, box)), g, out / "labelsTr" / f"{crop_id}{FILE_ENDING}")
-        record = CropRecord(
-            crop_id=crop_id,
-            case=job.case,
-            image=job.image_rel,
-            box=box,
-            source_geometry=ct_geometry,
-            margin_mm=s.margin_mm,
-            extra={"box_before_jitter": base, "jitter_mm": jitter},
-        )
-        records.append({"crop_id": crop_id, **record.to_dict()})
+                write_ct_crop(ct, record, dst)
+            write_crop(roi_mask, record, out / "imagesTr" / f"{record.crop_id}_0001{FILE_ENDING}")
+            write_crop(label, record, out / "labelsTr" / f"{record.crop_id}{FILE_ENDING}", encode_masses)
+        records.append({"crop_id": record.crop_id, **record.to_dict()})
     if uncovered:
         warnings.append(f"{job.case}: {uncovered} ground-truth kidney/mass voxels lie outside every ROI")
-    return CaseResult(job.case, records, uncovered, warnings)
+    return CaseResult(job.case, geometry.to_dict(), records, uncovered, warnings)
 
 
 # ---------------------------------------------------------------- whole dataset
@@ -364,6 +322,7 @@ def _write_metadata(source, cases, results, out, settings: Settings, from_predic
     records = [CropRecord.from_dict(d["crop_id"], {k: v for k, v in d.items() if k != "crop_id"}) for r in results
                for d in r.records]
     crop_cases = {r.crop_id: r.case for r in records}
+    geometries = {r.case: Geometry.from_dict(r.geometry) for r in results}
     meta = {
         "source_dataset": source.name,
         "roi_source": str(Path(from_predictions).resolve()) if from_predictions else "ground_truth",
@@ -389,13 +348,13 @@ def _write_metadata(source, cases, results, out, settings: Settings, from_predic
         p = Path(out[FINE_DATASET_ID])
         write_dataset_json(p, {0: "CT"}, BINARY_LABELS, len(records), name="KiTS2023Kidney",
                            description="Kidney ROI crops of the CT; label 1 = kidney, tumor or cyst")
-        save_crops_json(p / CROPS_JSON, records, **meta)
+        write_crops_json(p / CROPS_JSON, records, geometries, **meta)
         dump(p / "splits_final.json", stage_splits(cases, crop_cases))
     if MASSES_DATASET_ID in out:
         p = Path(out[MASSES_DATASET_ID])
         write_dataset_json(p, MASSES_CHANNELS, MASSES_LABELS, len(records), MASSES_REGIONS_CLASS_ORDER,
                            name="KiTS2023Masses",
                            description="Kidney ROI crops: CT + binary kidney mask; labels 0 background/kidney, "
-                           "1 tumor, 2 cyst (decode with MASSES_TO_KITS: 1 -> 2, 2 -> 3)")
-        save_crops_json(p / CROPS_JSON, records, **meta)
+                           "1 tumor, 2 cyst (kits_plugins.utilities.labels.decode_masses: 1 -> 2, 2 -> 3)")
+        write_crops_json(p / CROPS_JSON, records, geometries, **meta)
         dump(p / "splits_final.json", stage_splits(cases, crop_cases))

@@ -1,5 +1,5 @@
 """nnU-Net raw dataset folders: where they live, how they are written (staged, then renamed) and their
-``dataset.json`` label definitions.
+``dataset.json`` (the label definitions themselves live in :mod:`kits_plugins.utilities.labels`).
 
 Every dataset is built in a hidden temporary folder next to its target and renamed into place only when
 complete, so an interrupted or failed run never leaves a half-written dataset; an existing dataset is
@@ -23,16 +23,6 @@ from kits_plugins.constants import FILE_ENDING, READER_WRITER
 from kits_plugins.utilities.image_io import KitsInputError
 from kits_plugins.utilities.processes import worker_pool
 from kits_plugins.utilities.staging import make_temp_dir
-
-# Label definitions (nnU-Net region syntax) of each dataset.
-RAW_LABELS = {"background": 0, "kidney": (1, 2, 3), "masses": (2, 3), "tumor": 2}
-RAW_REGIONS_CLASS_ORDER = (1, 3, 2)
-BINARY_LABELS = {"background": 0, "kidney": 1}
-# Dataset223 label files hold 0 = background or kidney parenchyma, 1 = tumor, 2 = cyst (nnU-Net requires
-# consecutive label values, see docs/dataset_conversion.md); predictions decode with MASSES_TO_KITS.
-MASSES_LABELS = {"background": 0, "masses": (1, 2), "tumor": 1}
-MASSES_REGIONS_CLASS_ORDER = (2, 1)
-MASSES_CHANNELS = {0: "CT", 1: "noNorm"}  # 'noNorm' -> nnU-Net's NoNormalization for the binary mask
 
 
 def raw_root(raw: str | os.PathLike | None = None) -> Path:

@@ -39,7 +39,7 @@ from surface_distance.lookup_tables import (
 )
 
 from kits_plugins.constants import HEC_LABELS, HEC_TOLERANCES_MM, MAX_LABEL
-from kits_plugins.utilities.roi import outer_box
+from kits_plugins.utilities.roi import outer_slices
 
 # HEC -> name used in the challenge's CSV columns, in the challenge's column order.
 HEC_COLUMN_NAMES = {"kidney_and_mass": "kidney", "mass": "masses", "tumor": "tumor"}
@@ -47,9 +47,6 @@ HECS = tuple(HEC_COLUMN_NAMES)
 DICE_COLUMNS = tuple(f"Dice_{HEC_COLUMN_NAMES[h]}" for h in HECS)
 SD_COLUMNS = tuple(f"SD_{HEC_COLUMN_NAMES[h]}" for h in HECS)
 METRIC_COLUMNS = DICE_COLUMNS + SD_COLUMNS
-
-Box = tuple[slice, ...]
-
 
 def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[float, float, float]:
     if pred.ndim != 3 or ref.ndim != 3:
@@ -64,14 +61,6 @@ def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
         if a.dtype.kind == "i" and a.size and a.min() < 0:
             raise ValueError(f"{name} has negative labels")
     return tuple(float(s) for s in spacing)
-
-
-def foreground_box(*arrays: np.ndarray) -> Box | None:
-    """Bounding box (slices) of the non-zero voxels of all ``arrays`` (same shape), or None if all are empty."""
-    boxes = [b for b in (outer_box(a) for a in arrays if a.size) if b is not None]
-    if not boxes:
-        return None
-    return tuple(slice(min(b[k][0] for b in boxes), max(b[k][1] for b in boxes)) for k in range(3))
 
 
 def hec_mask(labels: np.ndarray, hec: str) -> np.ndarray:
@@ -154,7 +143,7 @@ def surface_dice(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[
     """
     spacing = tuple(float(s) for s in spacing)
     tolerance_mm = float(tolerance_mm)
-    box = foreground_box(mask_ref, mask_pred)
+    box = outer_slices(mask_ref, mask_pred)
     if box is None or not mask_ref.any() or not mask_pred.any():
         raise ValueError("surface_dice needs two non-empty masks")
     offsets, unambiguous = tolerance_offsets(spacing, tolerance_mm)
@@ -211,7 +200,7 @@ def compute_case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[fl
     is in their numpy axis order (as SimpleITK's array, i.e. ``image.GetSpacing()[::-1]``).
     """
     spacing = _check_inputs(pred, ref, spacing)
-    box = foreground_box(pred, ref)
+    box = outer_slices(pred, ref)
     if box is None:
         pred_c = ref_c = np.zeros((1, 1, 1), dtype=np.uint8)
     else:

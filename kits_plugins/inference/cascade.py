@@ -9,7 +9,8 @@ int16 for KiTS23, half the memory of float32):
    by the margin in mm, clamped and merged with :func:`kits_plugins.utilities.roi.pad_and_merge`, as
    ``kits derive-stages`` crops the training data (:func:`~kits_plugins.utilities.roi.roi_boxes`);
 3. per ROI: fine kidney+masses mask (stage 222), then masses and tumor (stage 223) from two channels,
-   the CT crop and that mask (float32 0/1), then :func:`combine_stage_outputs`;
+   the CT crop and that mask (float32 0/1), then
+   :func:`~kits_plugins.utilities.labels.combine_stage_outputs`;
 4. paste the ROI labels into a full-size uint8 map, postprocess, write with the input header.
 
 Every stage is a stock ``nnUNetPredictor`` (one per stage, loaded once, reused for all cases and ROIs);
@@ -33,66 +34,30 @@ from pathlib import Path
 import numpy as np
 
 from kits_plugins.constants import (
-    CYST,
     DEFAULT_MARGIN_MM,
     DEFAULT_MIN_ROI_VOLUME_MM3,
     FILE_ENDING,
-    KIDNEY,
-    TUMOR,
 )
 from kits_plugins.inference.coarse import LowresLabelMap, coarse_lowres
+from kits_plugins.inference.stage_io import find_ct_inputs, mask_file
+from kits_plugins.postprocessing.remove_components import postprocess_segmentation
 from kits_plugins.utilities import roi
+from kits_plugins.utilities.crops import CROPS_JSON, crop_id, crop_record, write_crops_json
 from kits_plugins.utilities.ct_io import read_ct
 from kits_plugins.utilities.image_io import (
     Geometry,
     KitsInputError,
     atomic_path,
+    read_geometry,
     read_label,
     write_image,
 )
+from kits_plugins.utilities.labels import combine_stage_outputs, decode_masses, masses_label_lut
 from kits_plugins.utilities.orientation import Reorientation
+from kits_plugins.utilities.paths import child_path, refuse_overwriting_inputs
 
 EMPTY_MASK_POLICIES = ("zeros", "whole")
 TIMING_KEYS = ("read", "coarse", "fine", "masses", "postprocess", "write")
-
-
-def combine_stage_outputs(fine_mask: np.ndarray, masses: np.ndarray) -> np.ndarray:
-    """Final labels of one ROI from the fine kidney+masses mask (222) and the masses map (223, in KiTS
-    values 2 tumor / 3 cyst, see :func:`masses_label_lut`).
-
-    Kidney (1) wherever the fine mask is set; tumor (2) and cyst (3) from stage 223 where it predicts
-    them *inside* the fine mask. Masses outside the fine mask are dropped: stage 222 is the model trained
-    for the kidney+masses extent (the kidney_and_mass HEC), 223 only subdivides it, and a mass must lie
-    in a kidney. Any other value 223 may return (e.g. a kidney region) stays kidney.
-    """
-    if fine_mask.shape != masses.shape:
-        raise ValueError(f"fine mask {fine_mask.shape} and masses {masses.shape} differ in shape")
-    fine_mask = fine_mask.astype(bool, copy=False)
-    out = fine_mask.astype(np.uint8) * np.uint8(KIDNEY)
-    lesion = fine_mask & ((masses == TUMOR) | (masses == CYST))
-    out[lesion] = masses[lesion]
-    return out
-
-
-def masses_label_lut(labels: dict) -> np.ndarray:
-    """Lookup table: stage-223 label value -> KiTS label (0, 2 tumor, 3 cyst), from its dataset.json labels.
-
-    The value of ``tumor`` becomes 2, a ``cyst`` label or the other values of the ``masses`` region
-    become 3, anything else 0. Covers the derive-stages encoding (``masses (1, 2)``, ``tumor 1``,
-    regions_class_order ``(2, 1)``: 1 tumor, 2 cyst) and KiTS-valued encodings (``masses [2, 3]``, ``tumor 2``).
-    """
-
-    def values(v) -> list[int]:
-        return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)]
-
-    if "tumor" not in labels:
-        raise KitsInputError(f"stage 223 dataset.json labels {labels} have no 'tumor' entry")
-    tumor = values(labels["tumor"])
-    cyst = values(labels["cyst"]) if "cyst" in labels else [v for v in values(labels.get("masses", [])) if v not in tumor]
-    lut = np.zeros(max([*tumor, *cyst, 0]) + 1, dtype=np.uint8)
-    lut[cyst] = CYST
-    lut[tumor] = TUMOR
-    return lut
 
 
 @dataclass
@@ -152,16 +117,13 @@ def prediction_jobs(
 ) -> list[PredictionJob]:
     """The cases of ``inputs`` (file, folder, KiTS layout) and their outputs ``output_dir/<case>.nii.gz``, checked
     before any model is loaded: case ids are plain names, every mask exists, no output replaces an input."""
-    from kits_plugins.inference.stage_io import find_ct_inputs, mask_file
-    from kits_plugins.utilities.paths import child_path, refuse_overwriting_inputs
-
     output_dir = Path(output_dir)
     jobs = [
         PredictionJob(case, ct, child_path(output_dir, f"{case}{FILE_ENDING}", ct),
                       mask_file(Path(coarse_masks), case) if coarse_masks is not None else None)
         for case, ct in find_ct_inputs(inputs)
     ]
-    outputs = [j.output for j in jobs] + ([output_dir / "crops.json"] if save_probabilities else [])
+    outputs = [j.output for j in jobs] + ([output_dir / CROPS_JSON] if save_probabilities else [])
     inputs_used = [j.ct for j in jobs] + [j.coarse_mask for j in jobs if j.coarse_mask is not None]
     refuse_overwriting_inputs(outputs, inputs_used, "kits predict")
     return jobs
@@ -198,7 +160,9 @@ class KiTSCascadePredictor:
         self.min_volume_mm3 = min_volume_mm3
         self.on_empty_mask = on_empty_mask
         self.save_probabilities = save_probabilities
-        self._masses_lut = masses_label_lut(masses.dataset_json["labels"]) if masses is not None else None
+        self._masses_labels = masses.dataset_json["labels"] if masses is not None else None
+        if self._masses_labels is not None:
+            masses_label_lut(self._masses_labels)  # a dataset.json without 'tumor' fails here, not per ROI
 
     @classmethod
     def from_results(
@@ -332,7 +296,7 @@ class KiTSCascadePredictor:
             out = _predict(self.masses, image, spacing_nn, want)
             masses_seg, masses_prob = out if want else (out, None)
             del image
-            labels = combine_stage_outputs(fine_mask, self._masses_lut[masses_seg])
+            labels = combine_stage_outputs(fine_mask, decode_masses(masses_seg, self._masses_labels))
             if want:
                 probs = {"fine": fine_prob.astype(np.float16), "masses": masses_prob.astype(np.float16)}
         else:  # nothing for 223 to subdivide
@@ -343,15 +307,8 @@ class KiTSCascadePredictor:
         return labels, probs
 
     def _postprocess(self, seg: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        try:
-            from kits_plugins.postprocessing.remove_components import postprocess_segmentation
-        except ImportError as e:  # the postprocessing module is built by another issue
-            warnings.warn(f"postprocessing unavailable ({e}); writing the raw cascade output", RuntimeWarning, stacklevel=3)
-            return seg
-        import inspect
-
-        extra = {"in_place": True} if "in_place" in inspect.signature(postprocess_segmentation).parameters else {}
-        return postprocess_segmentation(seg, tuple(spacing), self.min_volume_mm3, remove_outside_kidney=True, **extra)
+        return postprocess_segmentation(seg, tuple(spacing), self.min_volume_mm3, remove_outside_kidney=True,
+                                        in_place=True)
 
     # ------------------------------------------------------------------------------------------------ files
     def predict_case(
@@ -386,8 +343,6 @@ class KiTSCascadePredictor:
         the fine mask was empty) probabilities of the ROI in file order, its ``box`` and source header."""
         import json
 
-        from kits_plugins.inference.stage_io import crop_id
-
         for p in result.probabilities:
             arrays = {k: v for k, v in p.items() if k in ("fine", "masses") and v is not None}
             with atomic_path(out_dir / f"{crop_id(case, p['roi'])}.npz") as tmp, open(tmp, "wb") as f:
@@ -408,8 +363,6 @@ class KiTSCascadePredictor:
         """
         from tqdm import tqdm
 
-        from kits_plugins.inference.stage_io import crop_record, write_crops_json
-        from kits_plugins.utilities.image_io import read_geometry
 
         jobs = prediction_jobs(inputs, output_dir, coarse_masks, self.save_probabilities)
         output_dir = Path(output_dir)
@@ -427,5 +380,5 @@ class KiTSCascadePredictor:
                 rel = os.path.relpath(ct_path, output_dir)
                 records += [crop_record(case, k, b, g, rel, self.margin_mm) for k, b in enumerate(info["boxes"])]
         if self.save_probabilities:
-            write_crops_json(output_dir / "crops.json", records, geoms)
+            write_crops_json(output_dir / CROPS_JSON, records, geoms)
         return infos

@@ -3,11 +3,11 @@
 ``kits crop-rois`` and ``kits paste-rois`` let users run the cascade stage by stage with
 ``nnUNetv2_predict``; ``kits predict`` does the same in memory. Boxes come from
 ``kits_plugins.utilities.roi.roi_boxes`` in file order (SimpleITK numpy order), exactly as in
-``kits derive-stages``, and every crop keeps the source spacing and direction with the origin of its
-first voxel, so pasting back restores the source header exactly.
+``kits derive-stages``, and crops are written by the same functions (:mod:`kits_plugins.utilities.crops`):
+every crop keeps the source spacing and direction with the origin of its first voxel, so pasting back
+restores the source header exactly.
 
-``crops.json`` is the ``derive-stages`` format (read and written with
-``kits_plugins.dataset_conversion.crops_json``)::
+``crops.json`` is the ``derive-stages`` format (:mod:`kits_plugins.utilities.crops`)::
 
     {"format": ..., "crops": {"case_00001_roi0": {"case": "case_00001", "image": <source CT, relative>,
         "box": [[z0, z1], [y0, y1], [x0, x1]], "source_shape": [Z, Y, X],
@@ -23,27 +23,29 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from kits_plugins.constants import FILE_ENDING
-from kits_plugins.dataset_conversion.crops_json import (
+from kits_plugins.utilities import roi
+from kits_plugins.utilities.crops import (
     CROPS_JSON,
     CropRecord,
     crop_geometry,
+    crop_record,
     crops_json_path,
+    load_crops,
     paste_back,
-    read_crops_document,
     records_by_case,
-    records_from_document,
-    save_crops_json,
+    write_crop,
+    write_crops_json,
+    write_ct_crop,
 )
-from kits_plugins.utilities import roi
 from kits_plugins.utilities.ct_io import read_ct
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_label, write_image
+from kits_plugins.utilities.labels import MASSES_LABELS, combine_stage_outputs, decode_masses, kidney_mask
 from kits_plugins.utilities.paths import check_id, child_path, refuse_overwriting_inputs
 
 _CHANNEL = re.compile(r"_(\d{4})\.nii\.gz$")
@@ -92,40 +94,6 @@ def find_ct_inputs(path: str | os.PathLike) -> list[tuple[str, Path]]:
             raise KitsInputError(f"{f}: case id {case} also given by {seen[case]}")
         seen[case] = f
     return sorted(pairs)
-
-
-def crop_id(case: str, k: int) -> str:
-    return f"{case}_roi{k}"
-
-
-def crop_record(case: str, k: int, box: roi.Box, geometry: Geometry, image: str, margin_mm: float) -> CropRecord:
-    """The derive-stages record of ROI ``k`` of ``case`` (``image``: source path relative to crops.json)."""
-    return CropRecord(crop_id(case, k), case, image, [[int(a), int(b)] for a, b in box], geometry, float(margin_mm))
-
-
-def write_crops_json(path: str | os.PathLike, records: Iterable[CropRecord], cases: dict[str, Geometry]) -> None:
-    """``crops.json`` in the derive-stages format plus ``cases`` (every case's header, ROIs or not)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_crops_json(path, list(records), cases={c: g.to_dict() for c, g in sorted(cases.items())})
-
-
-def load_crops(path: str | os.PathLike) -> tuple[dict[str, CropRecord], dict[str, Geometry]]:
-    """Crop records (checked by the dataset_conversion loader) and the header of every case.
-
-    Cases come from the ``cases`` entry written by ``crop-rois`` / ``kits predict --save-probabilities``,
-    else from the records (a ``derive-stages`` crops.json lists only cases with ROIs).
-    """
-    path = crops_json_path(path)
-    doc = read_crops_document(path)
-    records = records_from_document(doc, path)
-    try:
-        cases = {check_id(c, path): Geometry.from_dict(g) for c, g in (doc.get("cases") or {}).items()}
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise KitsInputError(f"{path}: bad 'cases' entry ({e})") from None
-    for r in records.values():
-        cases.setdefault(r.case, r.source_geometry)
-    return records, cases
 
 
 def mask_file(mask_dir: Path, case: str) -> Path:
@@ -182,14 +150,14 @@ def crop_rois(
     records: dict[str, CropRecord] = {}
     geometries: dict[str, Geometry] = {}
     for case, ct_path in tqdm(cases, desc="crop-rois", unit="case"):
-        ct, g = read_ct(ct_path)
+        ct, g = read_ct(ct_path, view=True)  # only cropped from: no copy
         mask = None
         if mask_dir is not None:
             mpath = masks[case]
             mask, mg = read_label(mpath, max_label=255)
             if not mg.matches(g):
                 raise KitsInputError(f"{mpath}: geometry differs from CT {ct_path} ({mg.describe_mismatch(g)})")
-            mask = mask > 0
+            mask = kidney_mask(mask)
         if given is not None:
             if not g.matches(given[1][case]):
                 raise KitsInputError(f"{ct_path}: header differs from crops.json ({g.describe_mismatch(given[1][case])})")
@@ -203,26 +171,19 @@ def crop_rois(
             case_records = [crop_record(case, k, b, g, rel, margin_mm) for k, b in enumerate(boxes)]
         geometries[case] = g
         for r in case_records:
-            cg = crop_geometry(r)
             source = crops_json_path(crops_json) if given is not None else ct_path
-            write_image(roi.crop(ct, r.box), cg, child_path(out_dir, f"{r.crop_id}_0000{FILE_ENDING}", source))
+            write_ct_crop(ct, r, child_path(out_dir, f"{r.crop_id}_0000{FILE_ENDING}", source))
             if with_mask_channel:
-                if roi_mask_dir is not None:
+                channel_path = child_path(out_dir, f"{r.crop_id}_0001{FILE_ENDING}", source)
+                if roi_mask_dir is not None:  # an ROI-sized prediction: binarised as kits predict does
                     rpath = child_path(roi_mask_dir, f"{r.crop_id}{FILE_ENDING}", source)
-                    channel = _read_roi_prediction(rpath, cg) > 0
+                    write_image(kidney_mask(_read_roi_prediction(rpath, crop_geometry(r))), crop_geometry(r),
+                                channel_path)
                 else:
-                    channel = roi.crop(mask, r.box)
-                write_image(channel.astype(np.uint8), cg, child_path(out_dir, f"{r.crop_id}_0001{FILE_ENDING}", source))
+                    write_crop(mask, r, channel_path)
             records[r.crop_id] = r
     write_crops_json(out_dir / CROPS_JSON, records.values(), geometries)
     return records
-
-
-def default_masses_labels() -> dict:
-    """Labels of the 223 dataset as ``derive-stages`` writes them (used when no dataset.json is at hand)."""
-    from kits_plugins.dataset_conversion.layout import MASSES_LABELS
-
-    return dict(MASSES_LABELS)
 
 
 def paste_rois(
@@ -242,8 +203,6 @@ def paste_rois(
     from ``crops.json``; with ``ref`` (CT file/folder) it is checked against the reference CT header.
     Cases listed in ``crops.json`` without ROIs get an all-zero map.
     """
-    from kits_plugins.inference.cascade import combine_stage_outputs, masses_label_lut
-
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     source = crops_json_path(crops_json)
     records, cases = load_crops(crops_json)
@@ -256,10 +215,9 @@ def paste_rois(
             inputs.append(child_path(fine_dir, f"{r.crop_id}{FILE_ENDING}", source))
     outputs = {case: child_path(out_dir, f"{case}{FILE_ENDING}", source) for case in cases}
     refuse_overwriting_inputs(outputs.values(), inputs, "kits paste-rois")
-    lut = None
-    if fine_dir is not None:
-        ds = pred_dir / "dataset.json"
-        lut = masses_label_lut(json.loads(ds.read_text())["labels"] if ds.is_file() else default_masses_labels())
+    masses_labels = MASSES_LABELS
+    if fine_dir is not None and (pred_dir / "dataset.json").is_file():
+        masses_labels = json.loads((pred_dir / "dataset.json").read_text())["labels"]
     written = []
     for case, g in tqdm(sorted(cases.items()), desc="paste-rois", unit="case"):
         if ref is not None:
@@ -272,10 +230,15 @@ def paste_rois(
         seg = np.zeros(g.shape, dtype=np.uint8)
         for r in by_case.get(case, []):
             cg = crop_geometry(r)
-            patch = _read_roi_prediction(child_path(pred_dir, f"{r.crop_id}{FILE_ENDING}", source), cg)
+            ppath = child_path(pred_dir, f"{r.crop_id}{FILE_ENDING}", source)
+            patch = _read_roi_prediction(ppath, cg)
             if fine_dir is not None:
                 fine = _read_roi_prediction(child_path(fine_dir, f"{r.crop_id}{FILE_ENDING}", source), cg)
-                patch = combine_stage_outputs(fine > 0, lut[np.minimum(patch, len(lut) - 1)])
+                try:
+                    masses = decode_masses(patch, masses_labels)
+                except ValueError as e:
+                    raise KitsInputError(f"{ppath}: {e}") from None
+                patch = combine_stage_outputs(kidney_mask(fine), masses)
             paste_back(patch, r, out=seg)
         write_image(seg, g, outputs[case])
         written.append(outputs[case])

@@ -34,7 +34,7 @@ import cc3d
 import numpy as np
 
 from kits_plugins.constants import BACKGROUND, CYST, KIDNEY, LABEL_NAMES, MAX_LABEL, TARGET_SPACING, TUMOR
-from kits_plugins.utilities.roi import bounding_box_to_slice, outer_box
+from kits_plugins.utilities.roi import outer_slices
 
 #: The seed's thresholds (20000 kidney, 200 tumor, 50 cyst voxels) at the target spacing, in mm3.
 SEED_MIN_VOXELS_AT_TARGET: dict[int, int] = {KIDNEY: 20000, TUMOR: 200, CYST: 50}
@@ -112,13 +112,6 @@ def min_volume_to_voxels(min_volume_mm3: Mapping[int, float], spacing: Sequence[
         else:
             out[label] = int(math.ceil(float(mm3) / voxel_volume * (1 - 1e-9)))
     return out
-
-
-def foreground_bbox(seg: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Tight bounding box (slices) of the non-zero voxels, or None if there are none (projections, no
-    full-size temporary: maps can hold 700 M voxels)."""
-    box = outer_box(seg)
-    return None if box is None else bounding_box_to_slice(box)
 
 
 def _check_seg(seg: np.ndarray) -> None:
@@ -206,7 +199,7 @@ def postprocess_with_report(
     if out.dtype != np.uint8:
         out = out.astype(np.uint8)
     report = PostprocessReport(voxel_volume_mm3=voxel_volume, min_voxels=min_voxels)
-    box = foreground_bbox(out)
+    box = outer_slices(out)
     if box is None:
         return out, report
     crop = out[box]  # a view: changes go straight into ``out``

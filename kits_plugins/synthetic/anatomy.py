@@ -28,7 +28,7 @@ from kits_plugins.synthetic.shapes import (
     sub_axes,
     window,
 )
-from kits_plugins.utilities.roi import bounding_box_to_slice, outer_box
+from kits_plugins.utilities.roi import outer_slices
 
 # Tissue classes of the phantom (uint8 ids); HU and texture are drawn per case in ``draw_intensities``.
 AIR, FAT, MUSCLE, BONE, CORTICAL_BONE, DISC, CSF, LIVER, SPLEEN, FLUID, ARTERY, VEIN = range(12)
@@ -311,7 +311,7 @@ def render_background(
     # Bowel: random blobby loops (some with gas) in front of the retroperitoneum.
     front = (y > ys - 10 * s)[None, :, None]
     allowed = below & front
-    sl = _box(allowed)
+    sl = outer_slices(allowed)
     if sl is not None:
         # one smooth field: loops where it is high, gas in the lumen where it is highest
         sub = sub_axes(axes, sl)
@@ -362,7 +362,7 @@ def render_background(
     # HU with tissue-dependent texture (correlated noise) inside the body.
     it = anat.intensities
     hu = it.hu[t3]
-    sl = _box(t3 != AIR)
+    sl = outer_slices(t3 != AIR)
     if sl is not None:
         sub = sub_axes(axes, sl)
         extent = tuple(float(a[-1] - a[0]) + 1 for a in sub)
@@ -370,12 +370,6 @@ def render_background(
         tex *= it.texture[t3[sl]]
         hu[sl] += tex
     return t3, hu
-
-
-def _box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Bounding box (slices) of a mask, None if empty."""
-    box = outer_box(mask)
-    return None if box is None else bounding_box_to_slice(box)
 
 
 def _paint(tis: np.ndarray, axes: Axes, e: Ellipsoid, value: int, where=None) -> None:

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from kits_plugins.synthetic import anatomy as A
 from kits_plugins.synthetic.shapes import grid_axes, sample_noise_at, smooth_noise, upsample_axis
-from kits_plugins.utilities.roi import outer_box
+from kits_plugins.utilities.roi import outer_slices
 
 BACKGROUND_MM = 1.6  # background grid pitch (mm)
 PSF_MM = 0.6  # in-plane / through-plane blur of sharp (label-derived) edges
@@ -29,14 +29,6 @@ _CHUNK_VOXELS = 1 << 24
 def coarse_factors(spacing: tuple[float, float, float]) -> tuple[int, int, int]:
     """Integer subsampling per axis that puts the background grid near :data:`BACKGROUND_MM`."""
     return tuple(max(1, int(round(BACKGROUND_MM / s))) for s in spacing)
-
-
-def foreground_box(label: np.ndarray, pad: int = 3) -> tuple[slice, slice, slice] | None:
-    """Bounding box (slices) of ``label > 0`` grown by ``pad`` voxels, or None if empty."""
-    box = outer_box(label)
-    if box is None:
-        return None
-    return tuple(slice(max(a - pad, 0), min(b + pad, n)) for (a, b), n in zip(box, label.shape))
 
 
 def render_kidneys(
@@ -74,7 +66,7 @@ def render_kidneys(
 
     tumor = np.flatnonzero(lv == 2)
     if tumor.size:
-        box = _box_of(label == 2)
+        box = outer_slices(label == 2)
         sub = np.ascontiguousarray(label[box] == 2)
         cc_box, n = cc3d.connected_components(sub, connectivity=26, return_N=True)
         tdepth_box = edt.edt(sub, anisotropy=sp, black_border=True, parallel=1)
@@ -100,7 +92,7 @@ def render_kidneys(
         tis[tumor] = np.where(nec, A.NECROSIS, A.TUMOR)
     cyst = np.flatnonzero(lv == 3)
     if cyst.size:
-        box = _box_of(label == 3)
+        box = outer_slices(label == 3)
         sub = np.ascontiguousarray(label[box] == 3)
         cc_box, n = cc3d.connected_components(sub, connectivity=26, return_N=True)
         cpos = np.ravel_multi_index(
@@ -115,10 +107,6 @@ def render_kidneys(
     out_hu.ravel()[idx] = vals
     out_tis.ravel()[idx] = tis
     return out_hu, out_tis
-
-
-def _box_of(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    return foreground_box(mask, pad=0)
 
 
 def render_ct(
@@ -147,7 +135,7 @@ def render_ct(
     tis_c, hu_c = A.render_background(anat, axes_c, mask_c, rng)
 
     # kidney box from the coarse mask (cheap), grown by a few voxels for the blur
-    cbox = foreground_box(mask_c, pad=1)
+    cbox = outer_slices(mask_c, pad=1)
     del mask_c
     box = kid_hu = kid_tis = None
     if cbox is not None:

@@ -83,11 +83,36 @@ def check_ct_finite(path: str | os.PathLike, array: np.ndarray | None = None) ->
         raise KitsInputError(f"{path}: CT contains NaN or infinite values (first in slice {z})")
 
 
-def read_ct(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """A CT as stored (see :data:`NATIVE_CT_DTYPES`) or as float32, with its exact header; NaN/inf rejected."""
-    buffer, g = read_image(path, view=True)  # SimpleITK's buffer: one copy below, in the type kept
-    ct = np.array(buffer, dtype=buffer.dtype if buffer.dtype in NATIVE_CT_DTYPES else np.float32)
+def read_ct(path: str | os.PathLike, view: bool = False) -> tuple[np.ndarray, Geometry]:
+    """A CT as stored (see :data:`NATIVE_CT_DTYPES`) or as float32, with its exact header; NaN/inf rejected.
+
+    ``view=True`` returns SimpleITK's own read-only buffer when the stored type is kept (no copy: for code that
+    only crops from the CT); otherwise one copy is made, in the type kept.
+    """
+    buffer, g = read_image(path, view=True)
+    keep = buffer.dtype in NATIVE_CT_DTYPES
+    ct = buffer if (view and keep) else np.array(buffer, dtype=buffer.dtype if keep else np.float32)
     del buffer
     if ct.dtype.kind == "f":
         check_ct_finite(Path(path), ct)
     return ct, g
+
+
+def compact_ct(ct: np.ndarray) -> np.ndarray:
+    """CT values as int16 when that is lossless (integers within int16), else float32; never float64.
+
+    Used for every CT crop written (training and inference crops alike): integer CTs in 8 or 16 bit are
+    returned unchanged (no copy).
+    """
+    if ct.dtype in (np.int16, np.uint8, np.int8):
+        return ct
+    if np.issubdtype(ct.dtype, np.integer):
+        if ct.size and ct.min() >= np.iinfo(np.int16).min and ct.max() <= np.iinfo(np.int16).max:
+            return ct.astype(np.int16)
+        return ct.astype(np.float32)
+    lossless = True
+    for sl in ct:  # slab by slab: no full-size temporaries
+        if not (np.all(sl == np.round(sl)) and sl.min() >= -32768 and sl.max() <= 32767):
+            lossless = False
+            break
+    return ct.astype(np.int16) if lossless else ct.astype(np.float32, copy=False)

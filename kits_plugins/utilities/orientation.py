@@ -67,6 +67,13 @@ class Reorientation:
             out.append((2 - int(target), bool(flip < 0)))
         return tuple(out)
 
+    def box_to_nnunet(self, box: Sequence[Sequence[int]], shape_np: Sequence[int]) -> list[list[int]]:
+        """A half-open box in file order (on an array of ``shape_np``) -> the same voxels' box in nnU-Net order."""
+        out: list[list[int]] = [[0, 0]] * 3
+        for (a, b), n, (target, flipped) in zip(box, shape_np, self.axis_map):
+            out[target] = [int(n) - int(b), int(n) - int(a)] if flipped else [int(a), int(b)]
+        return out
+
     def box_from_nnunet(self, box: Sequence[Sequence[int]], shape_nn: Sequence[int]) -> list[list[int]]:
         """A half-open box in nnU-Net order (on an array of ``shape_nn``) -> the same voxels' box in file order."""
         out = []

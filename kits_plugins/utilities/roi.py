@@ -34,6 +34,20 @@ def outer_box(mask: np.ndarray) -> Box | None:
     return [[int(a[0]), int(a[-1]) + 1] for a in (axis0, *rest)]
 
 
+def outer_slices(*arrays: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of the nonzero voxels of all ``arrays`` (same shape), grown by ``pad`` voxels
+    per side and clamped to the array; None if every array is empty. The one bounding-box helper of the
+    package (postprocessing, evaluation and the synthesizer work inside it)."""
+    boxes = [b for b in (outer_box(a) for a in arrays if a.size) if b is not None]
+    if not boxes:
+        return None
+    shape = arrays[0].shape
+    return tuple(
+        slice(max(min(b[k][0] for b in boxes) - pad, 0), min(max(b[k][1] for b in boxes) + pad, int(shape[k])))
+        for k in range(len(shape))
+    )
+
+
 def mm_to_voxels(length_mm: float | Sequence[float], spacing: Sequence[float]) -> list[int]:
     """Smallest whole number of voxels per axis covering ``length_mm`` (per axis or one value)."""
     if np.isscalar(length_mm):

@@ -15,9 +15,10 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from kits_plugins.cli import main
 from kits_plugins.dataset_conversion.convert_kits23 import convert_kits23
-from kits_plugins.dataset_conversion.crops_json import box_to_nnunet, crop_geometry, load_crops_json, paste_back
-from kits_plugins.dataset_conversion.derive_stages import decode_masses, derive_stages
+from kits_plugins.dataset_conversion.derive_stages import derive_stages
+from kits_plugins.utilities.crops import crop_geometry, load_crops_json, paste_back
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_image, write_image
+from kits_plugins.utilities.labels import decode_masses
 from kits_plugins.utilities.orientation import Reorientation
 
 KITS_DIRECTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
@@ -264,7 +265,7 @@ def test_nnunet_reader_sees_crops_consistent_with_full_image(derived):
     for r in list(load_crops_json(written[222]).values())[:3]:
         full, pf = rw.read_images([str(written[222] / r.image)])
         crop, pc = rw.read_images([str(written[222] / "imagesTr" / f"{r.crop_id}_0000.nii.gz")])
-        box = box_to_nnunet(r.box, Reorientation.from_geometry(r.source_geometry), r.source_shape)
+        box = Reorientation.from_geometry(r.source_geometry).box_to_nnunet(r.box, r.source_shape)
         assert np.array_equal(crop[0], full[0][tuple(slice(a, b) for a, b in box)])
         assert np.allclose(pc["spacing"], pf["spacing"])
         ct_crop, _ = read_image(written[222] / "imagesTr" / f"{r.crop_id}_0000.nii.gz")

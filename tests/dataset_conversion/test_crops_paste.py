@@ -9,26 +9,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from kits_plugins.dataset_conversion.crops_json import (
+from kits_plugins.dataset_conversion.derive_stages import case_rng, case_rois, uncovered_voxels
+from kits_plugins.utilities import roi
+from kits_plugins.utilities.crops import (
     CropRecord,
-    box_to_nnunet,
     crop_geometry,
     crops_json_dict,
     load_crops_json,
     paste_back,
     save_crops_json,
 )
-from kits_plugins.dataset_conversion.derive_stages import (
-    case_rng,
-    case_rois,
-    compact_ct,
-    decode_masses,
-    encode_masses,
-    kidney_mask,
-    uncovered_voxels,
-)
-from kits_plugins.utilities import roi
+from kits_plugins.utilities.ct_io import compact_ct
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_image, to_sitk, write_image
+from kits_plugins.utilities.labels import decode_masses, encode_masses, kidney_mask
 from kits_plugins.utilities.orientation import Reorientation
 
 KITS_DIRECTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
@@ -192,7 +185,7 @@ def test_box_to_nnunet_selects_the_same_voxels(seed):
     arr = rng.integers(0, 1000, shape)
     box = [[1, 4], [0, 3], [2, 7]]
     r = Reorientation.from_geometry(g)
-    nn_box = box_to_nnunet(box, r, shape)
+    nn_box = r.box_to_nnunet(box, shape)
     assert np.array_equal(r.to_nnunet(roi.crop(arr, box)), roi.crop(r.to_nnunet(arr), nn_box))
 
 

@@ -20,12 +20,12 @@ from kits_plugins.evaluation.metrics import (
     METRIC_COLUMNS,
     compute_case_metrics,
     compute_case_metrics_straightforward,
-    foreground_box,
     neighbour_codes,
     surface_dice,
     tolerance_offsets,
 )
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_label, write_image
+from kits_plugins.utilities.roi import outer_slices
 
 # surface_distance 0.1 imports from scipy's deprecated namespaces
 pytestmark = pytest.mark.filterwarnings("ignore:Please import:DeprecationWarning")
@@ -173,15 +173,6 @@ def test_random_blobs_match_library(seed):
     )
 
 
-def test_foreground_box():
-    a = np.zeros((6, 7, 8), np.uint8)
-    assert foreground_box(a) is None
-    a[1, 2, 3] = 1
-    b = np.zeros_like(a)
-    b[4, 5, 0] = 2
-    assert foreground_box(a, b) == (slice(1, 5), slice(2, 6), slice(0, 4))
-
-
 # ---------------------------------------------------------------------------------------- real KiTS23 labels
 
 
@@ -214,7 +205,7 @@ def _perturbations(ref: np.ndarray) -> dict[str, np.ndarray]:
 def test_agreement_with_surface_distance_on_real_labels(shared_label_files):
     for path in _smallest_cases(shared_label_files, 3):
         ref_full, geom = read_label(path)
-        box = foreground_box(ref_full)
+        box = outer_slices(ref_full)
         box = tuple(slice(max(s.start - 6, 0), s.stop + 6) for s in box)  # around the kidneys, for speed
         ref = np.ascontiguousarray(ref_full[box])
         for name, pred in _perturbations(ref).items():

@@ -20,12 +20,7 @@ import torch
 
 from kits_plugins.inference import cascade as cascade_module
 from kits_plugins.inference import stage_io
-from kits_plugins.inference.cascade import (
-    KiTSCascadePredictor,
-    combine_stage_outputs,
-    masses_label_lut,
-    timing_line,
-)
+from kits_plugins.inference.cascade import KiTSCascadePredictor, timing_line
 from kits_plugins.inference.coarse import coarse_label_map, resample_label_map
 from kits_plugins.inference.model_discovery import (
     ModelNotFoundError,
@@ -34,10 +29,12 @@ from kits_plugins.inference.model_discovery import (
     resolve_folds,
     stage_models,
 )
+from kits_plugins.testing.plans_builder import minimal_plans
 from kits_plugins.utilities import roi
+from kits_plugins.utilities.crops import load_crops
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_image, read_label, write_image
+from kits_plugins.utilities.labels import combine_stage_outputs, masses_label_lut
 from kits_plugins.utilities.orientation import Reorientation
-from kits_plugins.utilities.plans_builder import minimal_plans
 
 torch.set_num_threads(1)
 
@@ -221,7 +218,7 @@ def test_kidney_at_border_and_oracle_mask_and_probabilities(results, tmp_path):
     out, og = read_label(tmp_path / "out" / "case_00003.nii.gz")
     assert og == g and np.array_equal(out, lab)
     assert infos[0]["boxes"][0][0][0] == 0  # the box is clamped at the border
-    crops, cases = stage_io.load_crops(tmp_path / "out" / "crops.json")
+    crops, cases = load_crops(tmp_path / "out" / "crops.json")
     assert sorted(crops) == ["case_00003_roi0", "case_00003_roi1"] and cases["case_00003"] == g
     npz = np.load(tmp_path / "out" / "case_00003_roi0.npz")
     box = npz["box"].tolist()
@@ -321,7 +318,7 @@ def test_crop_paste_round_trip_is_exact(tmp_path):
     # stage 222 input: CT crops with boxes from the (here: ground-truth) kidney mask
     assert main(["crop-rois", "-i", str(tmp_path / "ct"), "--mask", str(tmp_path / "gt"), "-o", str(tmp_path / "r222"),
                  "--margin-mm", "4.5", "--min-roi-volume-mm3", "50"]) == 0
-    crops, cases = stage_io.load_crops(tmp_path / "r222" / "crops.json")
+    crops, cases = load_crops(tmp_path / "r222" / "crops.json")
     assert sorted(crops) == ["case_00005_roi0", "case_00005_roi1"] and cases["case_00006"] == g
     for cid, c in crops.items():
         crop, cg = read_image(tmp_path / "r222" / f"{cid}_0000.nii.gz")
@@ -343,7 +340,7 @@ def test_crop_paste_round_trip_is_exact(tmp_path):
     for cid, c in crops.items():
         ch1, _ = read_image(tmp_path / "r223" / f"{cid}_0001.nii.gz")
         assert np.array_equal(ch1, roi.crop(lab, c.box) > 0)
-    assert stage_io.load_crops(tmp_path / "r223" / "crops.json")[0].keys() == crops.keys()
+    assert load_crops(tmp_path / "r223" / "crops.json")[0].keys() == crops.keys()
 
     assert main(["paste-rois", "-i", str(tmp_path / "p223"), "--fine", str(tmp_path / "p222"), "--crops",
                  str(tmp_path / "r222" / "crops.json"), "-o", str(tmp_path / "final"), "--ref", str(tmp_path / "ct")]) == 0
@@ -365,7 +362,7 @@ def test_stage_helpers_reject_bad_input(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"crops": {"c_roi0": {"case": "c", "box": [[0, 99], [0, 1], [0, 1]],
                                                                        "source_geometry": g.to_dict()}}}))
     with pytest.raises(KitsInputError, match="bad.json"):
-        stage_io.load_crops(tmp_path / "bad.json")
+        load_crops(tmp_path / "bad.json")
     assert main(["predict", "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "o"), "--results",
                  str(tmp_path / "none")]) == 2
     assert "nnUNet_results folder does not exist" in capsys.readouterr().err

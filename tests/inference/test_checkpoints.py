@@ -22,8 +22,8 @@ import torch
 from kits_plugins.inference import checkpoints
 from kits_plugins.inference.checkpoints import initialize_from_model_folder, load_checkpoint
 from kits_plugins.inference.model_discovery import StageModel, load_stage_predictor, make_nnunet_predictor
+from kits_plugins.testing.plans_builder import minimal_plans, plain_unet_architecture
 from kits_plugins.utilities.image_io import KitsInputError
-from kits_plugins.utilities.plans_builder import minimal_plans, plain_unet_architecture
 
 DATASET = "Dataset999_SafeLoading"
 MODEL = StageModel(999, "nnUNetTrainer", "3d_fullres")
@@ -257,7 +257,7 @@ def trained_model(tmp_path_factory):
     from nnunetv2.run.run_training import get_trainer_from_args
 
     from kits_plugins.planning.planning import plan_and_preprocess
-    from kits_plugins.planning.tiny_datasets import write_tiny_stage_dataset
+    from kits_plugins.testing.tiny_datasets import write_tiny_stage_dataset
     from kits_plugins.training.commands import trainer_path
 
     root = tmp_path_factory.mktemp("nnunet")

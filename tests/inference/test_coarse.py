@@ -11,8 +11,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from scipy import ndimage
 
 from kits_plugins.inference.coarse import LowresLabelMap, lean_preprocessing_supported, preprocess_lowres
+from kits_plugins.testing.plans_builder import minimal_plans
 from kits_plugins.utilities import roi
-from kits_plugins.utilities.plans_builder import minimal_plans
 
 
 def _predictor(spacing, transpose=(0, 1, 2), normalization="CTNormalization", order=3):

@@ -20,7 +20,7 @@ from kits_plugins.planning.planning import (
     scale_network_width,
     transposed,
 )
-from kits_plugins.planning.tiny_datasets import write_tiny_stage_dataset
+from kits_plugins.testing.tiny_datasets import write_tiny_stage_dataset
 from kits_plugins.utilities.image_io import KitsInputError, read_geometry
 from kits_plugins.utilities.orientation import Reorientation
 

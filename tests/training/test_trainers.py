@@ -19,7 +19,7 @@ import torch
 from kits_plugins.cli import main
 from kits_plugins.losses.boundary import BoundaryWeightSchedule, RegionDiceBCEBoundaryLoss
 from kits_plugins.planning.planning import plan_and_preprocess
-from kits_plugins.planning.tiny_datasets import tiny_case, write_tiny_stage_dataset
+from kits_plugins.testing.tiny_datasets import tiny_case, write_tiny_stage_dataset
 from kits_plugins.training import trainers
 from kits_plugins.training.commands import trainer_path
 from kits_plugins.training.transforms import BinarizeInputChannels

@@ -21,14 +21,14 @@ from kits_plugins.constants import (
     READER_WRITER,
     STAGE_DATASET_NAMES,
 )
-from kits_plugins.dataset_conversion.derive_stages import encode_masses
-from kits_plugins.dataset_conversion.layout import (
+from kits_plugins.utilities.image_io import Geometry, write_image
+from kits_plugins.utilities.labels import (
     BINARY_LABELS,
     MASSES_CHANNELS,
     MASSES_LABELS,
     MASSES_REGIONS_CLASS_ORDER,
+    encode_masses,
 )
-from kits_plugins.utilities.image_io import Geometry, write_image
 
 # KiTS23's direction matrix (row-major, SimpleITK): the slice axis is the last numpy axis of the file.
 KITS_DIRECTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
@@ -104,6 +104,6 @@ def write_tiny_stage_dataset(
         regions_class_order=STAGE_REGIONS_CLASS_ORDER.get(dataset_id),
         dataset_name=STAGE_DATASET_NAMES[dataset_id],
         overwrite_image_reader_writer=READER_WRITER,
-        description="tiny synthetic stage dataset for tests (kits_plugins.planning.tiny_datasets)",
+        description="tiny synthetic stage dataset for tests (kits_plugins.testing.tiny_datasets)",
     )
     return folder

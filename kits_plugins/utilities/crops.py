@@ -1,30 +1,33 @@
-"""``crops.json``: where every ROI crop of a derived dataset came from, and exact paste-back.
+"""ROI crops: their ids, records, files and ``crops.json``, and exact paste-back (one home for both the
+training crops of ``kits derive-stages`` and the inference crops of ``kits crop-rois`` / ``kits predict``).
 
-Each derived dataset with crops (222, 223) holds a ``crops.json`` next to its ``dataset.json``. For every
-crop id (``case_00001_roi0``) it records the source case, the source image (path relative to the derived
-dataset folder), the half-open box in file numpy order (SimpleITK order), the source shape and the source
-header (``Geometry.to_dict()``), and the margin used. With that record a crop prediction can be pasted
-back into an array of the source shape and written with the source header, voxel- and header-exact.
+Each derived dataset with crops (222, 223) holds a ``crops.json`` next to its ``dataset.json``; ``crop-rois``
+and ``kits predict --save-probabilities`` write one beside their crops. For every crop id
+(``case_00001_roi0``, :func:`crop_id`) it records the source case, the source image (path relative to the
+folder of crops.json), the half-open box in file numpy order (SimpleITK order), the source shape and the
+source header (``Geometry.to_dict()``), and the margin used; an optional ``cases`` entry lists the header of
+every case, ROIs or not. With that record a crop prediction is pasted back into an array of the source shape
+and written with the source header, voxel- and header-exact. crops.json travels between users, so its ids
+are checked (:func:`kits_plugins.utilities.paths.check_id`) before they become file names.
 
-The cascade predictor and ``kits paste-rois`` reuse :func:`load_crops_json`, :func:`paste_back` and
-:func:`crop_geometry`; :func:`box_to_nnunet` maps a box into the axis order nnU-Net's
-``NibabelIOWithReorient`` reader uses.
+Every crop file is written by :func:`write_crop` (the source array's box, the crop's header).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from kits_plugins.utilities.image_io import Geometry, KitsInputError, atomic_write_bytes
-from kits_plugins.utilities.orientation import Reorientation
+from kits_plugins.errors import KitsInputError
+from kits_plugins.utilities.ct_io import compact_ct
+from kits_plugins.utilities.image_io import Geometry, atomic_write_bytes, write_image
 from kits_plugins.utilities.paths import check_id
-from kits_plugins.utilities.roi import Box, box_shape, paste
+from kits_plugins.utilities.roi import Box, box_shape, crop, paste
 
 CROPS_JSON = "crops.json"
 FORMAT = "kits-cascade crops v1"
@@ -85,9 +88,35 @@ class CropRecord:
         )
 
 
+def crop_id(case: str, k: int) -> str:
+    """Id of ROI ``k`` of ``case``: ``case_00001_roi0``; its files are ``<crop id>[_XXXX].nii.gz``."""
+    return f"{case}_roi{k}"
+
+
+def crop_record(case: str, k: int, box: Box, geometry: Geometry, image: str, margin_mm: float, **extra) -> CropRecord:
+    """The record of ROI ``k`` of ``case`` (``image``: source path relative to crops.json; ``extra`` keys are
+    stored with it, e.g. derive-stages' jitter)."""
+    return CropRecord(crop_id(case, k), case, image, [[int(a), int(b)] for a, b in box], geometry, float(margin_mm),
+                      dict(extra))
+
+
 def crop_geometry(record: CropRecord) -> Geometry:
     """Header of the crop file: same spacing and direction, origin at the physical point of its first voxel."""
     return record.source_geometry.with_size(record.shape, record.start)
+
+
+def write_crop(
+    array: np.ndarray, record: CropRecord, path: str | os.PathLike, convert: Callable[[np.ndarray], np.ndarray] | None = None
+) -> None:
+    """Write the crop of a source-sized ``array`` (file order) at ``record``'s box with the crop's header;
+    ``convert`` maps the crop's values first (e.g. :func:`kits_plugins.utilities.labels.encode_masses`)."""
+    part = crop(array, record.box)
+    write_image(np.ascontiguousarray(convert(part) if convert is not None else part), crop_geometry(record), path)
+
+
+def write_ct_crop(ct: np.ndarray, record: CropRecord, path: str | os.PathLike) -> None:
+    """A CT crop as every stage's input gets it: int16 when lossless, else float32 (:func:`compact_ct`)."""
+    write_crop(ct, record, path, compact_ct)
 
 
 def paste_back(
@@ -106,14 +135,6 @@ def paste_back(
     elif tuple(out.shape[-3:]) != record.source_shape:
         raise ValueError(f"{record.crop_id}: target shape {out.shape} is not the source shape {record.source_shape}")
     return paste(out, crop_array, record.box)
-
-
-def box_to_nnunet(box: Box, reorientation: Reorientation, shape_np: Sequence[int]) -> Box:
-    """The same voxels' box in nnU-Net's (NibabelIOWithReorient) axis order, for an image of file shape ``shape_np``."""
-    out: list[list[int] | None] = [None, None, None]
-    for (a, b), n, (target, flipped) in zip(box, shape_np, reorientation.axis_map):
-        out[target] = [int(n) - int(b), int(n) - int(a)] if flipped else [int(a), int(b)]
-    return out  # type: ignore[return-value]
 
 
 def crops_json_dict(records: Sequence[CropRecord], **metadata) -> dict:
@@ -175,3 +196,27 @@ def records_by_case(records: Mapping[str, CropRecord]) -> dict[str, list[CropRec
     for cid in sorted(records):
         out.setdefault(records[cid].case, []).append(records[cid])
     return out
+
+
+def write_crops_json(path: str | os.PathLike, records: Iterable[CropRecord], cases: Mapping[str, Geometry],
+                     **metadata) -> None:
+    """``crops.json`` with ``cases`` (every case's header, ROIs or not) and run ``metadata``."""
+    save_crops_json(path, list(records), cases={c: g.to_dict() for c, g in sorted(cases.items())}, **metadata)
+
+
+def load_crops(path: str | os.PathLike) -> tuple[dict[str, CropRecord], dict[str, Geometry]]:
+    """Crop records (checked) and the header of every case.
+
+    Cases come from the ``cases`` entry (crop-rois, ``kits predict --save-probabilities``, derive-stages),
+    else from the records (older crops.json files listed only cases with ROIs).
+    """
+    path = crops_json_path(path)
+    doc = read_crops_document(path)
+    records = records_from_document(doc, path)
+    try:
+        cases = {check_id(c, path): Geometry.from_dict(g) for c, g in (doc.get("cases") or {}).items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise KitsInputError(f"{path}: bad 'cases' entry ({e})") from None
+    for r in records.values():
+        cases.setdefault(r.case, r.source_geometry)
+    return records, cases
