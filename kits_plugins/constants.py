@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 # KiTS23 label values in the reference segmentations.
 BACKGROUND, KIDNEY, TUMOR, CYST = 0, 1, 2, 3
 LABEL_NAMES = {0: "background", 1: "kidney", 2: "tumor", 3: "cyst"}
@@ -41,3 +43,11 @@ DEFAULT_MARGIN_MM = 15.0
 DEFAULT_MIN_ROI_VOLUME_MM3 = 2000.0
 
 FILE_ENDING = ".nii.gz"
+
+# Postprocessing: the seed's minimum component sizes (20000 kidney+masses, 200 tumor, 50 cyst voxels) at the
+# target spacing, as volumes in mm3 (kits_plugins.postprocessing converts them at each file's own spacing).
+SEED_MIN_VOXELS_AT_TARGET: dict[int, int] = {KIDNEY: 20000, TUMOR: 200, CYST: 50}
+TARGET_VOXEL_VOLUME_MM3: float = math.prod(TARGET_SPACING)
+DEFAULT_MIN_VOLUME_MM3: dict[int, float] = {
+    label: n * TARGET_VOXEL_VOLUME_MM3 for label, n in SEED_MIN_VOXELS_AT_TARGET.items()
+}

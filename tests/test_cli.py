@@ -24,8 +24,8 @@ def _run(argv, capsys) -> tuple[int, str]:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["predict", "-i", "x", "-o", "y", "-f", "bogus"], "argument -f: 'bogus' is not a fold"),
-        (["predict", "-i", "x", "-o", "y", "--step-size", "0"], "argument --step-size: '0' is not in (0, 1]"),
+        (["predict", "-i", "x", "-o", "y", "-f", "bogus"], "argument -f/--folds: 'bogus' is not a fold"),
+        (["predict", "-i", "x", "-o", "y", "--step-size", "0"], "argument -step_size/--step-size: '0' is not in (0, 1]"),
         (["predict", "-i", "x", "-o", "y", "--step-size", "1.5"], "is not in (0, 1]"),
         (["predict", "-i", "x", "-o", "y", "--margin-mm", "-5"], "argument --margin-mm: '-5' is negative"),
         (["crop-rois", "-i", "x", "-o", "y", "--mask", "m", "--margin-mm", "nan"], "is not a finite number"),
@@ -64,3 +64,34 @@ def test_os_errors_become_one_line(monkeypatch, capsys):
     rc, err = _run(["evaluate", "p", "r"], capsys)
     assert rc == 2
     assert err.strip() == "kits evaluate: error: /data/out/case_00001.nii.gz: Permission denied"
+
+
+HEAVY = ("torch", "nnunetv2", "SimpleITK")
+HELP_PROBE = """
+import sys
+from kits_plugins.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("HEAVY:" + ",".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["predict", "--help"], ["postprocess", "--help"], ["demo", "--help"]])
+def test_help_imports_neither_torch_nor_nnunet_nor_simpleitk(argv):
+    out = subprocess.run([sys.executable, "-c", HELP_PROBE.format(heavy=HEAVY), *argv], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY:", out.stdout  # every subcommand's parser is built
+
+
+def test_predict_accepts_nnunet_spellings_and_dashed_aliases():
+    parser = cli.build_parser()
+    nnunet = parser.parse_args(["predict", "-i", "x", "-o", "y", "-f", "0", "1", "-device", "cuda", "--disable_tta",
+                                "-step_size", "0.7", "--save_probabilities", "-chk", "checkpoint_best.pth"])
+    dashed = parser.parse_args(["predict", "-i", "x", "-o", "y", "--folds", "0", "1", "--device", "cuda",
+                                "--disable-tta", "--step-size", "0.7", "--save-probabilities", "--checkpoint",
+                                "checkpoint_best.pth"])
+    assert vars(nnunet) == vars(dashed)
+    assert (nnunet.folds, nnunet.device, nnunet.disable_tta, nnunet.step_size, nnunet.save_probabilities,
+            nnunet.checkpoint) == ([0, 1], "cuda", True, 0.7, True, "checkpoint_best.pth")

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from kits_plugins.demo.pipeline import MARKER, Demo, DemoSettings
+from kits_plugins.errors import KitsInputError
 
 TARGETS = {"Dice_kidney": 0.85, "Dice_masses": 0.5}
 
@@ -31,7 +32,7 @@ def run_demo(args: argparse.Namespace) -> int:
     w = Path(s.workdir)
     if args.fresh and w.exists():
         if not (w / MARKER).exists():
-            raise SystemExit(f"kits demo: refusing to delete {w}: it is not a kits demo folder (no {MARKER})")
+            raise KitsInputError(f"{w}: refusing to delete it, it is not a kits demo folder (no {MARKER})")
         shutil.rmtree(w)
     summary = Demo(s).run()
     m = summary.get("metrics", {})

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kits_plugins import __version__
 from kits_plugins.constants import PLANS_NAME
-from kits_plugins.utilities.image_io import atomic_write_bytes
+from kits_plugins.utilities.staging import atomic_write_bytes
 
 MARKER = ".kits-demo"
 
@@ -152,7 +152,7 @@ class Demo:
                 extra_env={"KITS_EPOCHS": str(s.epochs[ds])},
             )
         self.run_step("predict", self.kits("predict", "-i", "kits_test", "-o", "predictions", "-f", "all",
-                                           "-device", s.device, "--disable-tta",
+                                           "-device", s.device, "--disable_tta",
                                            "--coarse-trainer", s.trainers["221"],
                                            "--fine-trainer", s.trainers["222"],
                                            "--masses-trainer", s.trainers["223"]))

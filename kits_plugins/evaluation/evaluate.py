@@ -26,9 +26,10 @@ from kits_plugins.evaluation.metrics import (
     compute_case_metrics,
     ranking_means,
 )
-from kits_plugins.utilities.image_io import KitsInputError, atomic_path, read_geometry, read_label
+from kits_plugins.utilities.image_io import KitsInputError, read_geometry, read_label
 from kits_plugins.utilities.paths import refuse_overwriting_inputs
 from kits_plugins.utilities.processes import worker_pool
+from kits_plugins.utilities.staging import atomic_path
 
 KITS_SEGMENTATION_NAME = "segmentation.nii.gz"
 CSV_HEADER = ("caseID",) + METRIC_COLUMNS

@@ -47,7 +47,6 @@ from kits_plugins.utilities.ct_io import read_ct
 from kits_plugins.utilities.image_io import (
     Geometry,
     KitsInputError,
-    atomic_path,
     read_geometry,
     read_label,
     write_image,
@@ -55,6 +54,7 @@ from kits_plugins.utilities.image_io import (
 from kits_plugins.utilities.labels import combine_stage_outputs, decode_masses, masses_label_lut
 from kits_plugins.utilities.orientation import Reorientation
 from kits_plugins.utilities.paths import child_path, refuse_overwriting_inputs
+from kits_plugins.utilities.staging import atomic_path
 
 EMPTY_MASK_POLICIES = ("zeros", "whole")
 TIMING_KEYS = ("read", "coarse", "fine", "masses", "postprocess", "write")

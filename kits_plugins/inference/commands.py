@@ -24,18 +24,22 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CT file, folder of CT NIfTIs (case_XXXXX_0000.nii.gz or *.nii.gz) or KiTS layout "
                              "(case_XXXXX/imaging.nii.gz)")
     parser.add_argument("-o", dest="output", required=True, help="output folder (case_XXXXX.nii.gz)")
-    parser.add_argument("-f", dest="folds", nargs="+", type=fold, default=None,
+    parser.add_argument("-f", "--folds", dest="folds", nargs="+", type=fold, default=None,
                         help="folds to ensemble for every stage (default: every fold_N present, else 'all')")
-    parser.add_argument("-device", dest="device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
-    parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
-    parser.add_argument("--step-size", type=step_fraction, default=0.5,
+    # nnUNetv2_predict's spellings first (-device, --disable_tta, -step_size, --save_probabilities, -chk, -f),
+    # the dashed forms kept as aliases
+    parser.add_argument("-device", "--device", dest="device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    parser.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
+                        help="no mirroring test-time augmentation")
+    parser.add_argument("-step_size", "--step-size", dest="step_size", type=step_fraction, default=0.5,
                         help="sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)")
-    parser.add_argument("--save-probabilities", action="store_true",
+    parser.add_argument("--save_probabilities", "--save-probabilities", dest="save_probabilities", action="store_true",
                         help="also write <case>_roiK.npz with the ROI-sized probabilities of stages 222 and 223 "
                              "(float16, file order) and crops.json with the ROI boxes")
     parser.add_argument("--results", default=None, help="nnU-Net results folder (default $nnUNet_results)")
     parser.add_argument("-p", dest="plans", default=PLANS_NAME, help=f"plans identifier (default {PLANS_NAME})")
-    parser.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    parser.add_argument("-chk", "--checkpoint", dest="checkpoint", default="checkpoint_final.pth",
+                        help="checkpoint file name (default checkpoint_final.pth)")
     parser.add_argument("--trust-checkpoints", action="store_true",
                         help="load checkpoints with full unpickling (may run code stored in them); only for files "
                              "from a trusted source that the default safe loader refuses")

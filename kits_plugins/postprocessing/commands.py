@@ -6,15 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from kits_plugins.constants import CYST, KIDNEY, TARGET_SPACING, TUMOR
+from kits_plugins.constants import CYST, DEFAULT_MIN_VOLUME_MM3, KIDNEY, TARGET_SPACING, TUMOR
+from kits_plugins.errors import KitsInputError
 from kits_plugins.utilities.arguments import non_negative_float, positive_float
-from kits_plugins.utilities.image_io import KitsInputError, atomic_write_bytes
-from kits_plugins.utilities.paths import refuse_overwriting_inputs
 
 
 def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    from kits_plugins.postprocessing.remove_components import DEFAULT_MIN_VOLUME_MM3 as D
-
+    D = DEFAULT_MIN_VOLUME_MM3
     parser.description = (
         "Remove connected components smaller than a per-class volume (kidney = kidney+masses as one organ) and "
         "tumor/cyst components that touch no kept kidney. Thresholds are in mm3 and converted with each "
@@ -62,6 +60,8 @@ def run_postprocess(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kits_plugins.postprocessing.files import postprocess_file
+    from kits_plugins.utilities.paths import refuse_overwriting_inputs
+    from kits_plugins.utilities.staging import atomic_write_bytes
 
     thresholds = {KIDNEY: args.min_kidney_mm3, TUMOR: args.min_tumor_mm3, CYST: args.min_cyst_mm3}
     remove_outside = not args.keep_outside

@@ -25,7 +25,7 @@ from kits_plugins.postprocessing.remove_components import (
     min_volume_to_voxels,
     nnunet_postprocessing_fn,
 )
-from kits_plugins.utilities.image_io import atomic_write_bytes
+from kits_plugins.utilities.staging import atomic_write_bytes
 
 
 def nnunet_postprocessing_spec(

@@ -33,15 +33,17 @@ from dataclasses import asdict, dataclass, field
 import cc3d
 import numpy as np
 
-from kits_plugins.constants import BACKGROUND, CYST, KIDNEY, LABEL_NAMES, MAX_LABEL, TARGET_SPACING, TUMOR
+from kits_plugins.constants import (
+    BACKGROUND,
+    CYST,
+    DEFAULT_MIN_VOLUME_MM3,
+    KIDNEY,
+    LABEL_NAMES,
+    MAX_LABEL,
+    SEED_MIN_VOXELS_AT_TARGET,
+    TUMOR,
+)
 from kits_plugins.utilities.roi import outer_slices
-
-#: The seed's thresholds (20000 kidney, 200 tumor, 50 cyst voxels) at the target spacing, in mm3.
-SEED_MIN_VOXELS_AT_TARGET: dict[int, int] = {KIDNEY: 20000, TUMOR: 200, CYST: 50}
-TARGET_VOXEL_VOLUME_MM3: float = float(np.prod(TARGET_SPACING))
-DEFAULT_MIN_VOLUME_MM3: dict[int, float] = {
-    label: n * TARGET_VOXEL_VOLUME_MM3 for label, n in SEED_MIN_VOXELS_AT_TARGET.items()
-}
 
 CONNECTIVITY = 26
 logger = logging.getLogger(__name__)

@@ -25,9 +25,10 @@ import numpy as np
 
 from kits_plugins.errors import KitsInputError
 from kits_plugins.utilities.ct_io import compact_ct
-from kits_plugins.utilities.image_io import Geometry, atomic_write_bytes, write_image
+from kits_plugins.utilities.image_io import Geometry, write_image
 from kits_plugins.utilities.paths import check_id
 from kits_plugins.utilities.roi import Box, box_shape, crop, paste
+from kits_plugins.utilities.staging import atomic_write_bytes
 
 CROPS_JSON = "crops.json"
 FORMAT = "kits-cascade crops v1"

@@ -3,16 +3,14 @@
 Arrays are in SimpleITK's numpy order (the file's index axes reversed). ``Geometry`` keeps the header
 exactly as SimpleITK reports it (origin, spacing, direction in ITK index order), so writing an array
 with the geometry it was read with reproduces the header. Writes are atomic: a temporary file in the
-destination folder is renamed at the end, so an interrupted run never leaves a half-written file.
+destination folder is renamed at the end (:func:`kits_plugins.utilities.staging.atomic_path`), so an
+interrupted run never leaves a half-written file.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,37 +183,9 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[str]:
-    """Yield a temporary file name next to ``path``; on success give it ordinary permissions
-    (0666 & ~umask; mkstemp makes 0600) and rename it to ``path``, on failure remove it. Readers never see a
-    partial file. ``keep_suffix`` keeps ``path``'s extensions (writers that choose the format by extension).
-    The temporary's name carries its owner, and the first write into a folder removes the temporaries that
-    killed runs left there (:mod:`kits_plugins.utilities.staging`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging.remove_stale_once(path.parent)
-    suffix = ".partial" + ("".join(path.suffixes) if keep_suffix else "")
-    fd, tmp = tempfile.mkstemp(prefix=staging.temp_prefix(path.name), suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, staging.ordinary_mode(directory=False))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-
-
 def atomic_write_sitk(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see partial files."""
-    with atomic_path(path, keep_suffix=True) as tmp:
+    with staging.atomic_path(path, keep_suffix=True) as tmp:
         sitk.WriteImage(image, tmp, useCompression=compress)
 
 
@@ -236,5 +206,5 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike, link: bool = Tru
             return
         except OSError:
             pass
-    with atomic_path(dst) as tmp:
+    with staging.atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)

@@ -19,6 +19,8 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 STALE_AFTER_S = 24 * 3600
@@ -133,3 +135,31 @@ def remove_stale_once(folder: str | os.PathLike) -> None:
     if key not in _cleaned:
         _cleaned.add(key)
         remove_stale(folder)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[str]:
+    """Yield a temporary file name next to ``path``; on success give it ordinary permissions
+    (0666 & ~umask; mkstemp makes 0600) and rename it to ``path``, on failure remove it. Readers never see a
+    partial file. ``keep_suffix`` keeps ``path``'s extensions (writers that choose the format by extension).
+    The temporary's name carries its owner, and the first write into a folder removes the temporaries that
+    killed runs left there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_once(path.parent)
+    suffix = ".partial" + ("".join(path.suffixes) if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, ordinary_mode(directory=False))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)

@@ -51,10 +51,10 @@ def test_failed_step_raises_and_leaves_no_marker(tmp_path):
     assert not (tmp_path / ".steps" / "boom.json").exists()
 
 
-def test_fresh_refuses_a_folder_that_is_not_a_demo(tmp_path):
+def test_fresh_refuses_a_folder_that_is_not_a_demo(tmp_path, capsys):
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(SystemExit, match="not a kits demo folder"):
-        main(["demo", "--workdir", str(tmp_path), "--fresh"])
+    assert main(["demo", "--workdir", str(tmp_path), "--fresh"]) == 2
+    assert "it is not a kits demo folder" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 

@@ -112,7 +112,7 @@ def test_view_read_keeps_the_buffer_alive_and_dtype_conversion(tmp_path):
 def test_atomic_write_bytes_permissions_and_failure(tmp_path):
     import os
 
-    from kits_plugins.utilities.image_io import atomic_path, atomic_write_bytes
+    from kits_plugins.utilities.staging import atomic_path, atomic_write_bytes
 
     atomic_write_bytes(tmp_path / "a.json", b"{}")
     assert (tmp_path / "a.json").read_bytes() == b"{}"

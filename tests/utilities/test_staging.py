@@ -12,13 +12,14 @@ import time
 import numpy as np
 
 from kits_plugins.utilities import staging
-from kits_plugins.utilities.image_io import Geometry, atomic_path, write_image
+from kits_plugins.utilities.image_io import Geometry, write_image
+from kits_plugins.utilities.staging import atomic_path
 
 GEOMETRY = Geometry((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (4, 4, 4))
 
 KILLED_WRITER = """
 import sys, time
-from kits_plugins.utilities.image_io import atomic_path
+from kits_plugins.utilities.staging import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     open(tmp, "w").write("half")
     print(tmp, flush=True)
