@@ -1,18 +1,21 @@
 """Fingerprint, plan and preprocess the stage datasets at the package's target spacing.
 
-nnU-Net looks up preprocessor and resampling classes only inside its own package, so the package cannot
-ship a custom preprocessor. Instead it plans with nnU-Net's Python API under one plans name
-(``kitsPlans``), passing ``overwrite_target_spacing``, and then *enforces* the properties the seed's
-preprocessor had by editing the written plans JSON programmatically (never by hand):
+Planning goes through nnU-Net's own extension points, so the written ``kitsPlans.json`` is final (never edited
+afterwards): nnU-Net's ``plan_experiment_dataset`` with the package's planner class
+(``kits_plugins.planning.planner.nnUNetPlannerKiTS``, see there for the hooks) gives
 
-- every full-resolution configuration (``3d_fullres``, its ``2d`` slice spacing) uses the target spacing;
-- images are resampled with a third-order spline on every axis (``order 3``, ``order_z 3``,
-  ``force_separate_z False``), segmentations keep nnU-Net's default;
-- binary mask input channels (stage 223's kidney mask, channel 1) are not intensity-normalized;
-- the coarse stage (221) always has a ``3d_lowres`` configuration, even when nnU-Net's planner drops it
-  (it only plans one when the full-resolution patch covers < 25% of the median image). nnU-Net's own
-  in-dataset cascade (``3d_cascade_fullres``) is removed there: the cascade of this package runs across
-  datasets, not inside 221.
+- every full-resolution configuration (``3d_fullres``, its ``2d`` slice spacing) the target spacing
+  (nnU-Net's ``overwrite_target_spacing``);
+- images a third-order spline on every axis (``order 3``, ``order_z 3``, ``force_separate_z False``),
+  segmentations nnU-Net's default;
+- the U-Net feature counts times ``network_width``, applied after nnU-Net sized patch and batch;
+- the coarse stage (221) a ``3d_lowres`` at the requested coarse spacing (else nnU-Net's own, else 2 x target)
+  and no in-dataset cascade (``3d_cascade_fullres``, ``next_stage``): the package cascades across datasets.
+  ``plan_experiment`` has no hook for either, so the planner finishes them in ``save_plans``, between nnU-Net
+  building the plans and writing them.
+
+Binary mask input channels (223's kidney mask, channel 1) are not normalized because the stage datasets name
+them ``noNorm`` in dataset.json. ``check_plans`` verifies all of it after planning; a violation is an error.
 
 Spacings are in nnU-Net's numpy axis order. The stage datasets declare ``NibabelIOWithReorient``, so the
 three numbers are (superior-inferior, anterior-posterior, right-left) in mm.
@@ -24,14 +27,14 @@ import math
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager
-from copy import deepcopy
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from kits_plugins.constants import COARSE_DATASET_ID, MASSES_DATASET_ID, PLANS_NAME, TARGET_SPACING
-from kits_plugins.utilities.image_io import KitsInputError
+from kits_plugins.errors import KitsInputError
 
 # Configurations preprocessed per stage when none are requested: the coarse stage trains 3d_lowres on the
 # full CT, the ROI stages train 3d_fullres.
@@ -40,17 +43,13 @@ DEFAULT_CONFIGURATIONS: dict[int, tuple[str, ...]] = {
 }
 FALLBACK_CONFIGURATIONS: tuple[str, ...] = ("3d_fullres",)
 
-# Input channels that hold binary masks (dataset id -> channel indices); they get no normalization.
+# Input channels that hold binary masks (dataset id -> channel indices): named noNorm in dataset.json, so
+# nnU-Net does not normalize them; check_plans verifies it.
 MASK_CHANNELS: dict[int, tuple[int, ...]] = {MASSES_DATASET_ID: (1,)}
-
-# Image resampling the seed used: third-order spline on every axis, no separate-z treatment.
-IMAGE_RESAMPLING_KWARGS = {"is_seg": False, "order": 3, "order_z": 3, "force_separate_z": False}
 
 # Factor applied to the target spacing for the coarse configuration when nnU-Net plans none and no
 # explicit coarse spacing is given.
 DEFAULT_COARSE_FACTOR = 2.0
-
-FULLRES_CONFIGURATIONS = ("3d_fullres", "2d")
 
 
 def _require_nnunet_paths() -> tuple[Path, Path]:
@@ -91,107 +90,20 @@ def coarse_spacing_for(target_spacing: Sequence[float], coarse_spacing: Sequence
     return tuple(float(s) * DEFAULT_COARSE_FACTOR for s in target_spacing)
 
 
-def enforce_plans(
-    plans: dict,
-    target_spacing: Sequence[float],
-    mask_channels: Sequence[int] = (),
-    drop_nnunet_cascade: bool = False,
-) -> list[str]:
-    """Make ``plans`` (a loaded plans dict, edited in place) carry the package's preprocessing choices.
-
-    Sets the full-resolution spacing, the images' third-order spline resampling for every configuration
-    that defines resampling, and ``NoNormalization`` for ``mask_channels``. Returns a list of what was
-    changed (empty when nnU-Net had already planned it so).
-    """
-    changes: list[str] = []
-    tf = plans["transpose_forward"]
-    target_t = transposed(target_spacing, tf)
-    configs = plans["configurations"]
-    for name, cfg in configs.items():
-        if name == "3d_fullres":
-            want = target_t
-        elif name == "2d":
-            want = target_t[1:]
-        else:
-            want = None
-        if want is not None and (cfg.get("spacing") is None or not np.allclose(cfg["spacing"], want, atol=1e-6)):
-            changes.append(f"{name}: spacing {cfg.get('spacing')} -> {want}")
-            cfg["spacing"] = list(want)
-        if "resampling_fn_data_kwargs" in cfg and cfg["resampling_fn_data_kwargs"] != IMAGE_RESAMPLING_KWARGS:
-            changes.append(f"{name}: image resampling {cfg['resampling_fn_data_kwargs']} -> {IMAGE_RESAMPLING_KWARGS}")
-            cfg["resampling_fn_data_kwargs"] = dict(IMAGE_RESAMPLING_KWARGS)
-        if "normalization_schemes" in cfg:
-            for c in mask_channels:
-                if cfg["normalization_schemes"][c] != "NoNormalization" or cfg["use_mask_for_norm"][c]:
-                    changes.append(f"{name}: channel {c} normalization {cfg['normalization_schemes'][c]} -> none")
-                    cfg["normalization_schemes"][c] = "NoNormalization"
-                    cfg["use_mask_for_norm"][c] = False
-    if drop_nnunet_cascade:
-        if "3d_cascade_fullres" in configs:
-            del configs["3d_cascade_fullres"]
-            changes.append("removed 3d_cascade_fullres (the package cascades across datasets)")
-        if "3d_lowres" in configs and configs["3d_lowres"].pop("next_stage", None) is not None:
-            changes.append("3d_lowres: removed next_stage")
-    return changes
-
-
-def scale_network_width(plans: dict, width: float) -> list[str]:
-    """Multiply every configuration's U-Net feature counts by ``width`` (at least 4 features per stage).
-
-    For CPU runs (the demo): a quarter-width network trains several times faster. It lives in the plans, so
-    training and nnU-Net's predictor build the same network. Returns what was changed.
-    """
-    if not (width > 0 and math.isfinite(width)):
-        raise KitsInputError(f"network width must be a positive number, got {width}")
-    changes = []
-    if width == 1.0:
-        return changes
-    for name, cfg in plans["configurations"].items():
-        arch = cfg.get("architecture", {}).get("arch_kwargs")
-        if arch and "features_per_stage" in arch:
-            new = [max(4, int(round(f * width))) for f in arch["features_per_stage"]]
-            if new != list(arch["features_per_stage"]):
-                changes.append(f"{name}: features per stage {list(arch['features_per_stage'])} -> {new}")
-                arch["features_per_stage"] = new
-    return changes
-
-
-def plan_coarse_configuration(
-    dataset_id: int, plans: dict, coarse_spacing: Sequence[float], gpu_memory_target_gb: float | None = None
-) -> dict:
-    """A complete ``3d_lowres`` configuration at ``coarse_spacing`` (reader order), planned by nnU-Net.
-
-    Uses nnU-Net's own ``ExperimentPlanner.get_plans_for_configuration`` (patch size, network topology and
-    batch size for that spacing and the dataset's median shape), exactly as it plans 3d_lowres itself.
-    """
-    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
-    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-    from nnunetv2.utilities.json_export import recursive_fix_for_json_export
-
-    kwargs = {} if gpu_memory_target_gb is None else {"gpu_memory_target_in_gb": gpu_memory_target_gb}
-    planner = ExperimentPlanner(dataset_id, plans_name=plans["plans_name"], **kwargs)
-    fp = planner.dataset_fingerprint
-    tf = plans["transpose_forward"]
-    spacing_t = np.array(transposed(coarse_spacing, tf))
-    new_shapes = [compute_new_shape(s, sp, coarse_spacing) for sp, s in zip(fp["spacings"], fp["shapes_after_crop"])]
-    median_t = np.median(new_shapes, 0)[tf]
-    n_voxels = float(np.prod(median_t, dtype=np.float64) * planner.dataset_json["numTraining"])
-    cfg = planner.get_plans_for_configuration(
-        spacing_t, median_t, f"{plans['plans_name']}_3d_lowres", n_voxels, {}
-    )
-    cfg["batch_dice"] = False
-    recursive_fix_for_json_export(cfg)
-    return cfg
-
-
 def plans_file(dataset_id: int, plans_name: str = PLANS_NAME) -> Path:
     """Path of the plans JSON of ``dataset_id``."""
     _, pre = _require_nnunet_paths()
     return pre / dataset_name(dataset_id) / f"{plans_name}.json"
 
 
-def check_plans(plans: dict, target_spacing: Sequence[float], require_coarse: bool = False) -> list[str]:
-    """Problems of a plans dict against the package's rules (empty list: all good)."""
+def check_plans(
+    plans: dict, target_spacing: Sequence[float], require_coarse: bool = False, mask_channels: Sequence[int] = ()
+) -> list[str]:
+    """Problems of a plans dict against the package's rules (empty list: all good).
+
+    ``require_coarse``: the coarse stage's rules (a 3d_lowres, no in-dataset cascade). ``mask_channels``:
+    input channels that must not be normalized.
+    """
     problems = []
     target_t = transposed(target_spacing, plans["transpose_forward"])
     configs = plans["configurations"]
@@ -203,8 +115,15 @@ def check_plans(plans: dict, target_spacing: Sequence[float], require_coarse: bo
         kw = cfg.get("resampling_fn_data_kwargs")
         if kw is not None and (kw.get("order") != 3 or kw.get("order_z") != 3 or kw.get("force_separate_z")):
             problems.append(f"{name}: image resampling is not a 3rd-order spline on every axis: {kw}")
-    if require_coarse and "3d_lowres" not in configs:
-        problems.append("no 3d_lowres configuration for the coarse stage")
+        for c in mask_channels if "normalization_schemes" in cfg else ():
+            if cfg["normalization_schemes"][c] != "NoNormalization" or cfg["use_mask_for_norm"][c]:
+                problems.append(f"{name}: mask channel {c} is normalized ({cfg['normalization_schemes'][c]}); "
+                                f"name it 'noNorm' in dataset.json's channel_names")
+    if require_coarse:
+        if "3d_lowres" not in configs:
+            problems.append("no 3d_lowres configuration for the coarse stage")
+        if "3d_cascade_fullres" in configs or "next_stage" in configs.get("3d_lowres", {}):
+            problems.append("the coarse stage has nnU-Net's in-dataset cascade (3d_cascade_fullres / next_stage)")
     return problems
 
 
@@ -273,41 +192,33 @@ def plan_dataset(
     verbose: bool = False,
     network_width: float = 1.0,
 ) -> Path:
-    """Fingerprint and plan one dataset, then enforce the package's rules on its plans. Returns the plans path."""
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
+    """Fingerprint and plan one dataset with ``nnUNetPlannerKiTS``, then check its plans. Returns the plans path."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiment_dataset
+
+    from kits_plugins.planning.planner import nnUNetPlannerKiTS
 
     target_spacing = _as_spacing(target_spacing, "target spacing")
+    if coarse_spacing is not None:
+        coarse_spacing = _as_spacing(coarse_spacing, "coarse spacing")
     if not (network_width > 0 and math.isfinite(network_width)):
         raise KitsInputError(f"network width must be a positive number, got {network_width}")
-    name = dataset_name(dataset_id)
+    dataset_name(dataset_id)
     extract_fingerprints([dataset_id], num_processes=num_processes, clean=True, verbose=verbose,
                          show_progress_bar=verbose)
     path = plans_file(dataset_id, plans_name)
-    # nnU-Net keeps configurations of an existing plans file that it did not plan itself (our 3d_lowres):
-    # start from scratch so re-planning with other spacings or widths never compounds.
+    # nnU-Net keeps configurations of an existing plans file that it did not plan itself (a 3d_lowres of an
+    # earlier run): start from scratch so re-planning with other spacings or widths never mixes plans.
     path.unlink(missing_ok=True)
-    with _planner_safe_environment():
-        plan_experiments([dataset_id], "ExperimentPlanner", gpu_memory_target_in_gb=gpu_memory_target_gb,
-                         overwrite_target_spacing=target_spacing, overwrite_plans_name=plans_name)
-    plans = load_json(path)
     is_coarse = dataset_id == COARSE_DATASET_ID
-    changes = enforce_plans(plans, target_spacing, MASK_CHANNELS.get(dataset_id, ()), drop_nnunet_cascade=is_coarse)
-    if is_coarse and (coarse_spacing is not None or "3d_lowres" not in plans["configurations"]):
-        spacing = coarse_spacing_for(target_spacing, coarse_spacing)
-        why = "requested" if coarse_spacing is not None else "nnU-Net planned none (images small)"
-        with _planner_safe_environment():
-            cfg = plan_coarse_configuration(dataset_id, plans, spacing, gpu_memory_target_gb)
-        plans["configurations"]["3d_lowres"] = cfg
-        changes.append(f"3d_lowres at {spacing} mm ({why}), patch {cfg['patch_size']}")
-        changes += enforce_plans(plans, target_spacing, MASK_CHANNELS.get(dataset_id, ()))
-    changes += scale_network_width(plans, network_width)
-    problems = check_plans(plans, target_spacing, require_coarse=is_coarse)
-    if problems:  # cannot happen unless nnU-Net changes its plans format
+    planner = partial(nnUNetPlannerKiTS, network_width=network_width, keep_nnunet_lowres=coarse_spacing is None,
+                      coarse_spacing=coarse_spacing_for(target_spacing, coarse_spacing) if is_coarse else None)
+    with _planner_safe_environment():
+        plan_experiment_dataset(dataset_id, planner, gpu_memory_target_in_gb=gpu_memory_target_gb,
+                                overwrite_target_spacing=target_spacing, overwrite_plans_name=plans_name)
+    problems = check_plans(load_json(path), target_spacing, require_coarse=is_coarse,
+                           mask_channels=MASK_CHANNELS.get(dataset_id, ()))
+    if problems:
         raise RuntimeError(f"{path}: plans do not satisfy the package's rules: {'; '.join(problems)}")
-    if changes:
-        save_json(plans, str(path), sort_keys=False)
-    for c in changes:
-        print(f"{name} {plans_name}: {c}")
     return path
 
 
@@ -331,6 +242,7 @@ def plan_and_preprocess(
     demo). Returns ``{dataset_id: plans file}``.
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess as nnunet_preprocess
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     _require_nnunet_paths()
     for d in dataset_ids:  # fail early on a missing dataset
@@ -342,14 +254,14 @@ def plan_and_preprocess(
         out[d] = path
         if not preprocess:
             continue
-        plans = load_json(path)
+        plans = PlansManager(str(path))
         wanted = list(configurations) if configurations else list(DEFAULT_CONFIGURATIONS.get(d, FALLBACK_CONFIGURATIONS))
-        missing = [c for c in wanted if c not in plans["configurations"]]
+        missing = [c for c in wanted if c not in plans.available_configurations]
         if missing:
             raise KitsInputError(f"{path}: configuration(s) {missing} not planned; available: "
-                                 f"{sorted(plans['configurations'])}")
+                                 f"{sorted(plans.available_configurations)}")
         for c in wanted:
-            n_stages = len(_configuration_value(plans, c, "architecture")["arch_kwargs"]["strides"])
+            n_stages = len(plans.get_configuration(c).pool_op_kernel_sizes)
             if n_stages < 3:
                 print(f"WARNING {dataset_name(d)} {c}: images are so small at this spacing that the network has only "
                       f"{n_stages} resolution stages; the package's trainers then disable deep supervision "
@@ -358,20 +270,9 @@ def plan_and_preprocess(
                           show_progress_bar=True)
         for c in wanted:
             spacings = check_preprocessed(d, c, plans_name)
-            want = np.array(_configuration_spacing(plans, c), dtype=np.float64)
+            want = np.array(plans.get_configuration(c).spacing, dtype=np.float64)
             worst = max((np.max(np.abs(s[-len(want):] - want) / want) for s in spacings.values()), default=0.0)
             print(f"{dataset_name(d)} {c}: {len(spacings)} cases at {[round(float(v), 5) for v in want]} mm "
                   f"(largest deviation from rounding to whole voxels {100 * worst:.2f}%)")
     return out
 
-
-def _configuration_value(plans: dict, configuration: str, key: str):
-    """A configuration's value for ``key``, following ``inherits_from`` as nnU-Net's PlansManager does."""
-    cfg = plans["configurations"][configuration]
-    while key not in cfg and "inherits_from" in cfg:
-        cfg = {**plans["configurations"][cfg["inherits_from"]], **{k: v for k, v in cfg.items() if k != "inherits_from"}}
-    return deepcopy(cfg[key])
-
-
-def _configuration_spacing(plans: dict, configuration: str) -> list[float]:
-    return list(_configuration_value(plans, configuration, "spacing"))

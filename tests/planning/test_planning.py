@@ -10,24 +10,29 @@ import pytest
 import torch
 
 from kits_plugins.cli import main
-from kits_plugins.planning.planning import (
+from kits_plugins.errors import KitsInputError
+from kits_plugins.planning.planner import (
     IMAGE_RESAMPLING_KWARGS,
+    drop_nnunet_cascade,
+    nnUNetPlannerKiTS,
+    scaled_features,
+)
+from kits_plugins.planning.planning import (
     check_plans,
     coarse_spacing_for,
-    enforce_plans,
     plan_and_preprocess,
     preprocessed_spacing,
-    scale_network_width,
     transposed,
 )
 from kits_plugins.testing.tiny_datasets import write_tiny_stage_dataset
-from kits_plugins.utilities.image_io import KitsInputError, read_geometry
+from kits_plugins.utilities.image_io import read_geometry
 from kits_plugins.utilities.orientation import Reorientation
 
 torch.set_num_threads(1)
 
 
 def _plans(transpose=(0, 1, 2)) -> dict:
+    """Plans shaped like nnU-Net's default planner's for a coarse dataset with a mask channel."""
     nnunet_kwargs = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     cfg = {
         "spacing": [1.0, 0.8, 0.8],
@@ -47,46 +52,38 @@ def _plans(transpose=(0, 1, 2)) -> dict:
     }
 
 
-def test_enforce_plans_sets_spacing_spline_order_and_mask_channels():
+def test_check_plans_flags_each_rule():
     plans = _plans()
-    target = (0.786, 0.78125, 0.78125)
-    assert len(check_plans(plans, target)) == 5  # 2 spacings + 3 resamplings
-    changes = enforce_plans(plans, target, mask_channels=(1,), drop_nnunet_cascade=True)
-    c = plans["configurations"]
-    assert c["3d_fullres"]["spacing"] == list(target)
-    assert c["2d"]["spacing"] == list(target[1:])
-    assert c["3d_lowres"]["spacing"] == [2.0, 1.6, 1.6]  # coarse stays coarse
-    for name in ("2d", "3d_fullres", "3d_lowres"):
-        assert c[name]["resampling_fn_data_kwargs"] == IMAGE_RESAMPLING_KWARGS
-        assert c[name]["normalization_schemes"] == ["CTNormalization", "NoNormalization"]
-        assert c[name]["use_mask_for_norm"] == [False, False]
-    assert "3d_cascade_fullres" not in c and "next_stage" not in c["3d_lowres"]
+    target = (1.0, 0.8, 0.8)
+    assert len(check_plans(plans, target)) == 3  # nnU-Net's default resampling in 2d, 3d_fullres, 3d_lowres
+    for cfg in plans["configurations"].values():
+        if "resampling_fn_data_kwargs" in cfg:
+            cfg["resampling_fn_data_kwargs"] = dict(IMAGE_RESAMPLING_KWARGS)
+    assert check_plans(plans, target) == []
+    assert len(check_plans(plans, (0.786, 0.78125, 0.78125))) == 2  # 3d_fullres and 2d spacing
+    masked = check_plans(plans, target, mask_channels=(1,))
+    assert len(masked) == 3 and all("mask channel 1 is normalized" in p and "noNorm" in p for p in masked)
+    assert check_plans(plans, target, require_coarse=True) == [
+        "the coarse stage has nnU-Net's in-dataset cascade (3d_cascade_fullres / next_stage)"]
+    assert drop_nnunet_cascade(plans["configurations"]) == ["3d_cascade_fullres", "3d_lowres.next_stage"]
     assert check_plans(plans, target, require_coarse=True) == []
-    assert changes and enforce_plans(plans, target, mask_channels=(1,)) == []  # idempotent
+    del plans["configurations"]["3d_lowres"]
+    assert check_plans(plans, target, require_coarse=True) == ["no 3d_lowres configuration for the coarse stage"]
 
 
-def test_enforce_plans_respects_transpose():
+def test_check_plans_respects_transpose():
     plans = _plans(transpose=(2, 0, 1))
-    enforce_plans(plans, (0.7, 0.8, 3.0))
-    assert plans["configurations"]["3d_fullres"]["spacing"] == [3.0, 0.7, 0.8]
+    plans["configurations"] = {"3d_fullres": {"spacing": [3.0, 0.7, 0.8]}, "2d": {"spacing": [0.7, 0.8]}}
+    assert check_plans(plans, (0.7, 0.8, 3.0)) == []
     assert transposed((0.7, 0.8, 3.0), (2, 0, 1)) == [3.0, 0.7, 0.8]
 
 
-def test_check_plans_reports_missing_coarse_configuration():
-    plans = _plans()
-    del plans["configurations"]["3d_lowres"]
-    enforce_plans(plans, (1.0, 0.8, 0.8))
-    assert check_plans(plans, (1.0, 0.8, 0.8), require_coarse=True) == ["no 3d_lowres configuration for the coarse stage"]
-
-
-def test_scale_network_width():
-    plans = {"configurations": {"3d_fullres": {"architecture": {"arch_kwargs": {"features_per_stage": [32, 64, 320]}}},
-                                "3d_cascade_fullres": {"inherits_from": "3d_fullres"}}}
-    assert scale_network_width(plans, 1.0) == []
-    assert len(scale_network_width(plans, 0.1)) == 1
-    assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"] == [4, 6, 32]
+def test_scaled_features():
+    assert scaled_features([32, 64, 320], 1.0) == [32, 64, 320]
+    assert scaled_features([32, 64, 320], 0.25) == [8, 16, 80]
+    assert scaled_features([32, 64, 320], 0.1) == [4, 6, 32]  # at least 4
     with pytest.raises(KitsInputError, match="network width"):
-        scale_network_width(plans, 0.0)
+        scaled_features([32], 0.0)
 
 
 def test_coarse_spacing_and_preprocessed_spacing():
@@ -165,3 +162,53 @@ def test_kits_plan_coarse_stage_gets_lowres_at_requested_spacing(tmp_path, monke
         assert data.shape[1:] == (10, 12, 12)
         assert np.allclose(preprocessed_spacing(data.shape, props, plans["transpose_forward"]), coarse)
         assert set(np.unique(seg[:])) <= {0, 1}
+
+
+def test_planner_plans_follow_the_package_rules(tmp_path, monkeypatch):
+    """Plan a tiny 221 and 223 with ``nnUNetPlannerKiTS`` (through nnU-Net's ``plan_experiment_dataset``).
+
+    A small GPU memory target makes nnU-Net plan its own 3d_lowres and in-dataset cascade for 221, which the
+    planner must replace by the requested coarse spacing and drop.
+    """
+    import json
+
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    write_tiny_stage_dataset(raw, 221, num_cases=2, shape=(64, 64, 48), spacing=(2.5, 1.5, 1.5))
+    write_tiny_stage_dataset(raw, 223, num_cases=2)
+    target, coarse = (2.0, 1.5, 1.5), (6.0, 4.5, 4.5)
+    out = plan_and_preprocess([221, 223], target_spacing=target, num_processes=1, coarse_spacing=coarse,
+                              gpu_memory_target_gb=0.05, preprocess=False)
+    plans = {d: json.loads(p.read_text()) for d, p in out.items()}
+    assert check_plans(plans[221], target, require_coarse=True) == []
+    assert check_plans(plans[223], target, mask_channels=(1,)) == []
+    for p in plans.values():
+        assert p["experiment_planner_used"] == "nnUNetPlannerKiTS"
+        cfgs = p["configurations"]
+        assert cfgs["3d_fullres"]["spacing"] == list(target) and cfgs["2d"]["spacing"] == list(target[1:])
+        for cfg in cfgs.values():
+            assert cfg["resampling_fn_data_kwargs"] == IMAGE_RESAMPLING_KWARGS
+            assert cfg["resampling_fn_seg_kwargs"] == {"is_seg": True, "order": 1, "order_z": 0,
+                                                       "force_separate_z": None}  # nnU-Net's default
+    coarse_cfgs = plans[221]["configurations"]
+    assert sorted(coarse_cfgs) == ["2d", "3d_fullres", "3d_lowres"]  # nnU-Net's 3d_cascade_fullres dropped
+    lowres = coarse_cfgs["3d_lowres"]
+    assert lowres["spacing"] == list(coarse) and "next_stage" not in lowres and lowres["batch_dice"] is False
+    assert lowres["data_identifier"] == "kitsPlans_3d_lowres"
+    assert coarse_cfgs["3d_fullres"]["batch_dice"] is True  # nnU-Net's choice when it planned a lowres stage
+    for cfg in plans[223]["configurations"].values():  # dataset.json names channel 1 noNorm
+        assert cfg["normalization_schemes"] == ["CTNormalization", "NoNormalization"]
+        assert cfg["use_mask_for_norm"] == [False, False]
+
+    # the width scales features only: patch, batch and topology are those of the full-width network
+    fullres = coarse_cfgs["3d_fullres"]
+    args = (np.array(fullres["spacing"]), np.array(fullres["median_image_size_in_voxels"]), "x", 1e6, {})
+    full, narrow = (nnUNetPlannerKiTS(221, 0.05, network_width=w).get_plans_for_configuration(*args)
+                    for w in (1.0, 0.25))
+    assert [int(v) for v in full["patch_size"]] == fullres["patch_size"]
+    for key in ("patch_size", "batch_size"):
+        assert narrow[key] == full[key]
+    full_arch, narrow_arch = full["architecture"]["arch_kwargs"], narrow["architecture"]["arch_kwargs"]
+    assert narrow_arch["strides"] == full_arch["strides"]
+    assert list(narrow_arch["features_per_stage"]) == [f // 4 for f in full_arch["features_per_stage"]]
