@@ -1,5 +1,6 @@
-"""Slab-wise coarse-stage preprocessing against nnU-Net's own ``run_case_npy``, and ROI boxes taken from
-the low-resolution map against boxes of the full-size resampled map."""
+"""``kits_plugins.inference.coarse``: slab-wise coarse-stage preprocessing against nnU-Net's own ``run_case_npy``,
+ROI boxes taken from the low-resolution map against boxes of the full-size resampled map, chunked label-map
+resampling and the low-resolution label map against nnU-Net's logits path."""
 
 from __future__ import annotations
 
@@ -10,9 +11,17 @@ import pytest
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from scipy import ndimage
 
-from kits_plugins.inference.coarse import LowresLabelMap, lean_preprocessing_supported, preprocess_lowres
+from kits_plugins.inference.coarse import (
+    LowresLabelMap,
+    coarse_label_map,
+    lean_preprocessing_supported,
+    preprocess_lowres,
+    resample_label_map,
+)
 from kits_plugins.testing.plans_builder import minimal_plans
 from kits_plugins.utilities import roi
+from kits_plugins.utilities.image_io import Geometry
+from kits_plugins.utilities.orientation import Reorientation
 
 
 def _predictor(spacing, transpose=(0, 1, 2), normalization="CTNormalization", order=3):
@@ -102,3 +111,58 @@ def test_lowres_boxes_contain_the_resampled_map_boxes(transpose):
     # the largest component is kept even when it is below the volume threshold
     assert len(lowres.component_boxes(min_volume_mm3=1e9)) == 1
     assert LowresLabelMap(np.zeros_like(low), spacing_low, props, backward).component_boxes() == []
+
+
+@pytest.mark.parametrize("order_z", [0, 1])
+def test_chunked_label_resampling_equals_nnunet_single_call(order_z):
+    """Separate-z (2.5-5 mm slices) and 3-D cases: the slab-wise two-step resampling is nnU-Net's result."""
+    from types import SimpleNamespace
+
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    low = (ndimage.gaussian_filter(rng.random((13, 21, 19)), 2) > 0.5).astype(np.uint8)
+    low[low > 0] += (rng.random(int(low.sum())) > 0.5).astype(np.uint8)  # labels 0, 1, 2
+    kwargs = {"is_seg": True, "order": 1, "order_z": order_z, "force_separate_z": None}
+    cm = SimpleNamespace(configuration={"resampling_fn_seg": "resample_data_or_seg_to_shape",
+                                        "resampling_fn_seg_kwargs": kwargs})
+    cases = [((3.0, 1.5, 1.5), (5.0, 0.7, 0.7), (8, 45, 41)),  # slice axis 0
+             ((1.5, 3.0, 1.5), (0.7, 5.0, 0.7), (28, 8, 41)),  # slice axis 1
+             ((1.5, 1.5, 1.5), (0.9, 0.7, 0.8), (22, 45, 36))]  # isotropic: one 3-D resize
+    for current, new, shape in cases:
+        ref = resample_data_or_seg_to_shape(low[None], shape, current, new, **kwargs)[0]
+        for chunk in (50, 700, 2**20):
+            got = resample_label_map(low, shape, current, new, cm, chunk_voxels=chunk)
+            assert got.dtype == np.uint8 and got.shape == shape and np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("spacing", [(1.5, 1.5, 3.0), (0.9, 0.9, 3.0)])
+def test_coarse_label_map_matches_predict_single_npy_array(cascade, spacing, make_case):
+    """The low-resolution argmax + label-map resampling against nnU-Net's logits path, with nnU-Net's
+    crop to the nonzero region active (a zero border) and, at 0.9 mm in-plane, its separate-z resampling."""
+    ct, lab, g = make_case(shape=(40, 34, 14))
+    ct = np.pad(ct[2:-2, 2:-2, 1:-1], ((2, 2), (2, 2), (1, 1)))  # zero frame: nnU-Net crops it away
+    g = Geometry(g.origin, spacing, g.direction, g.size)
+    r = Reorientation.from_geometry(g)
+    image, spacing_nn = r.to_nnunet(ct)[None], r.spacing_to_nnunet(g.spacing_np)
+    old = cascade.coarse.predict_single_npy_array(image, {"spacing": list(spacing_nn)}, None, None, False)
+    new = coarse_label_map(cascade.coarse, image, spacing_nn)
+    assert new.dtype == np.uint8 and new.shape == old.shape == image.shape[1:]
+    differ = new != old
+    # label-map vs logits resampling: only voxels at the label boundary may differ (<= 1 voxel away)
+    boundary = ndimage_boundary(old > 0)
+    assert not (differ & ~boundary).any()
+    assert differ.sum() <= 0.25 * boundary.sum(), (int(differ.sum()), int(boundary.sum()))
+    assert old.any() and new.any()  # (volumes may differ by tens of %: these blobs are ~3 coarse voxels wide)
+    # the box of the mask (what the ROIs are grown from) moves by at most one voxel per side
+    box_old, box_new = (np.array([[ax.min(), ax.max()] for ax in np.nonzero(m > 0)]) for m in (old, new))
+    assert np.abs(box_old - box_new).max() <= 1
+
+
+def ndimage_boundary(mask: np.ndarray) -> np.ndarray:
+    """Voxels within one voxel (26-neighbourhood) of the mask's boundary, on either side."""
+    from scipy import ndimage
+
+    st = np.ones((3, 3, 3), bool)
+    return ndimage.binary_dilation(mask, st) & ~ndimage.binary_erosion(mask, st)

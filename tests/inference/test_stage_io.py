@@ -1,5 +1,6 @@
-"""``kits crop-rois`` / ``kits paste-rois`` on hostile or broken inputs: ids from crops.json never leave their
-folders, no output replaces an input, masks must share the CT's geometry, NaN CTs are refused."""
+"""``kits_plugins.inference.stage_io``: finding CT inputs; ``kits crop-rois`` / ``kits paste-rois`` reproduce the
+label map exactly, and on hostile or broken inputs: ids from crops.json never leave their folders, no output replaces
+an input, masks must share the CT's geometry, NaN CTs are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import numpy as np
 import pytest
 
 from kits_plugins.cli import main
-from kits_plugins.utilities.image_io import Geometry, read_image, write_image
+from kits_plugins.inference import stage_io
+from kits_plugins.utilities import roi
+from kits_plugins.utilities.crops import load_crops
+from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_image, read_label, write_image
+from kits_plugins.utilities.orientation import Reorientation
 
 GEOMETRY = Geometry((5.0, -3.0, 2.0), (1.0, 0.75, 1.5), (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0), (32, 28, 20))
 
@@ -139,3 +144,84 @@ def test_crop_rois_refuses_nan_ct(tmp_path, capsys):
     _fails(["crop-rois", "-i", str(ct), "--mask", str(mask), "-o", str(tmp_path / "r")], capsys,
            "case_00001_0000.nii.gz: CT contains NaN")
     assert not (tmp_path / "r" / "case_00001_roi0_0000.nii.gz").exists()
+
+
+def test_input_discovery(tmp_path, make_case, write_case):
+    ct, lab, g = make_case(shape=(6, 5, 4))
+    write_image(ct, g, tmp_path / "nn" / "case_00002_0000.nii.gz")
+    write_image(ct, g, tmp_path / "nn" / "case_00001_0000.nii.gz")
+    write_image(ct, g, tmp_path / "nn" / "case_00001_0001.nii.gz")  # another channel: ignored
+    assert [c for c, _ in stage_io.find_ct_inputs(tmp_path / "nn")] == ["case_00001", "case_00002"]
+    write_image(ct, g, tmp_path / "plain" / "case_00009.nii.gz")
+    assert stage_io.find_ct_inputs(tmp_path / "plain")[0][0] == "case_00009"
+    write_case(tmp_path / "kits", "case_00004", ct, lab, g, kits_layout=True)
+    [(case, f)] = stage_io.find_ct_inputs(tmp_path / "kits")
+    assert case == "case_00004" and f.name == "imaging.nii.gz"
+    assert stage_io.find_ct_inputs(f) == [("case_00004", f)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KitsInputError, match="empty: no CT found"):
+        stage_io.find_ct_inputs(tmp_path / "empty")
+
+
+def test_crop_paste_round_trip_is_exact(tmp_path, make_case):
+    from nnunetv2.imageio.nibabel_reader_writer import NibabelIOWithReorient
+
+    from kits_plugins.cli import main
+
+    ct, lab, g = make_case(border=True)
+    write_image(ct, g, tmp_path / "ct" / "case_00005_0000.nii.gz")
+    write_image(lab, g, tmp_path / "gt" / "case_00005.nii.gz")
+    write_image(np.zeros_like(ct), g, tmp_path / "ct" / "case_00006_0000.nii.gz")
+    write_image(np.zeros_like(lab), g, tmp_path / "gt" / "case_00006.nii.gz")
+
+    # stage 222 input: CT crops with boxes from the (here: ground-truth) kidney mask
+    assert main(["crop-rois", "-i", str(tmp_path / "ct"), "--mask", str(tmp_path / "gt"), "-o", str(tmp_path / "r222"),
+                 "--margin-mm", "4.5", "--min-roi-volume-mm3", "50"]) == 0
+    crops, cases = load_crops(tmp_path / "r222" / "crops.json")
+    assert sorted(crops) == ["case_00005_roi0", "case_00005_roi1"] and cases["case_00006"] == g
+    for cid, c in crops.items():
+        crop, cg = read_image(tmp_path / "r222" / f"{cid}_0000.nii.gz")
+        assert np.array_equal(crop, roi.crop(ct, c.box))
+        assert cg == g.with_size(roi.box_shape(c.box), [a for a, _ in c.box])
+        # simulate nnUNetv2_predict -d 222 (written by nnU-Net's own writer, float32 affine) and -d 223
+        # (derive-stages encoding: 1 tumor, 2 cyst)
+        lab_crop = roi.crop(lab, c.box)
+        io = NibabelIOWithReorient()
+        _, props = io.read_images([str(tmp_path / "r222" / f"{cid}_0000.nii.gz")])
+        (tmp_path / "p222").mkdir(exist_ok=True)
+        nn_order = Reorientation.from_geometry(cg).to_nnunet((lab_crop > 0).astype(np.uint8))
+        io.write_seg(nn_order, str(tmp_path / "p222" / f"{cid}.nii.gz"), props)
+        write_image(np.array([0, 0, 1, 2], np.uint8)[lab_crop], cg, tmp_path / "p223" / f"{cid}.nii.gz")
+
+    # stage 223 input: same boxes, mask channel from the ROI-sized 222 predictions
+    assert main(["crop-rois", "-i", str(tmp_path / "ct"), "--crops", str(tmp_path / "r222" / "crops.json"),
+                 "--roi-mask", str(tmp_path / "p222"), "--with-mask-channel", "-o", str(tmp_path / "r223")]) == 0
+    for cid, c in crops.items():
+        ch1, _ = read_image(tmp_path / "r223" / f"{cid}_0001.nii.gz")
+        assert np.array_equal(ch1, roi.crop(lab, c.box) > 0)
+    assert load_crops(tmp_path / "r223" / "crops.json")[0].keys() == crops.keys()
+
+    assert main(["paste-rois", "-i", str(tmp_path / "p223"), "--fine", str(tmp_path / "p222"), "--crops",
+                 str(tmp_path / "r222" / "crops.json"), "-o", str(tmp_path / "final"), "--ref", str(tmp_path / "ct")]) == 0
+    out, og = read_label(tmp_path / "final" / "case_00005.nii.gz")
+    assert og == g and np.array_equal(out, lab)  # 0 voxels differ, header exact
+    empty, eg = read_label(tmp_path / "final" / "case_00006.nii.gz")
+    assert eg == g and not empty.any()
+    assert read_geometry(tmp_path / "final" / "case_00005.nii.gz") == read_geometry(tmp_path / "ct" / "case_00005_0000.nii.gz")
+
+
+def test_stage_helpers_reject_bad_input(tmp_path, capsys, make_case):
+    from kits_plugins.cli import main
+
+    ct, lab, g = make_case(shape=(10, 8, 6))
+    write_image(ct, g, tmp_path / "ct" / "case_00001_0000.nii.gz")
+    assert main(["crop-rois", "-i", str(tmp_path / "ct"), "--mask", str(tmp_path / "nomask"), "-o",
+                 str(tmp_path / "o")]) == 2
+    assert "nomask/case_00001.nii.gz: mask for case_00001 not found" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps({"crops": {"c_roi0": {"case": "c", "box": [[0, 99], [0, 1], [0, 1]],
+                                                                       "source_geometry": g.to_dict()}}}))
+    with pytest.raises(KitsInputError, match="bad.json"):
+        load_crops(tmp_path / "bad.json")
+    assert main(["predict", "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "o"), "--results",
+                 str(tmp_path / "none")]) == 2
+    assert "nnUNet_results folder does not exist" in capsys.readouterr().err

@@ -1,12 +1,12 @@
-"""The cascade trainers: nnU-Net finds them through `kits trainer-path`, their losses, the binary mask channel on
-real augmented batches, and short CPU trainings through nnU-Net's own run_training / nnUNetv2_train."""
+"""``kits_plugins.training.trainers``: the cascade trainers' schedules and environment overrides, their losses, the
+binary mask channel on real augmented batches (``kits_plugins.training.transforms`` inside the trainer), and short
+CPU trainings through nnU-Net's own run_training / nnUNetv2_train."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from kits_plugins.cli import main
 from kits_plugins.losses.boundary import BoundaryWeightSchedule, RegionDiceBCEBoundaryLoss
 from kits_plugins.planning.planning import plan_and_preprocess
 from kits_plugins.testing.tiny_datasets import tiny_case, write_tiny_stage_dataset
@@ -79,27 +78,6 @@ def _predict(model_folder: Path, two_channels: bool) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- fast unit tests
-def test_trainer_path_holds_only_the_shim_and_nnunet_finds_the_classes(monkeypatch, capsys):
-    assert main(["trainer-path"]) == 0
-    path = Path(capsys.readouterr().out.strip())
-    assert path.is_absolute() and path == trainer_path()
-    assert sorted(p.name for p in path.iterdir() if p.name != "__pycache__") == ["kits_trainers.py"]
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
-    assert {"nnUNetTrainerKiTSSurface", "nnUNetTrainerKiTSSurface_short", "nnUNetTrainerKiTSSurface_demo"} <= set(
-        trainers.__all__)
-    for name in trainers.__all__:  # not an nnU-Net built-in name
-        with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer"):
-            recursive_find_trainer_class_by_name(name)
-    monkeypatch.setenv("nnUNet_extTrainer", str(path))
-    for name in trainers.__all__:
-        cls = recursive_find_trainer_class_by_name(name)
-        # found through the shim, but it is the class of kits_plugins.training.trainers: picklable by that path
-        assert cls is getattr(trainers, name) and cls.__module__ == "kits_plugins.training.trainers"
-        assert pickle.loads(pickle.dumps(cls)) is cls
-
-
 def test_env_overrides(monkeypatch):
     monkeypatch.setenv("KITS_EPOCHS", " 7 ")
     assert trainers.env_positive_int("KITS_EPOCHS") == 7

@@ -1,9 +1,11 @@
-"""``kits_plugins.utilities.roi``: the one bounding-box helper."""
+"""``kits_plugins.utilities.roi``: bounding boxes, ROI boxes around mask components, crops."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from kits_plugins.utilities import roi
 from kits_plugins.utilities.roi import outer_slices
 
 
@@ -19,3 +21,27 @@ def test_outer_slices_union_pad_and_clamp():
     seg[:12, :12, 8:] = 1  # touches three faces
     assert outer_slices(seg) == (slice(0, 12), slice(0, 12), slice(8, 20))
     assert outer_slices(np.zeros((0, 3, 3), np.uint8)) is None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_roi_boxes_equal_brute_force(seed, kidneys_with_tumors):
+    """roi.roi_boxes (components inside the projected outer box) equals a full-volume scipy reference,
+    also at the image border."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (50, 44, 30)
+    centers = [tuple(int(rng.integers(0, n)) for n in shape) for _ in range(int(rng.integers(1, 4)))]
+    mask = kidneys_with_tumors(shape, centers, radii=(5, 6, 3)) > 0
+    spacing = tuple(float(v) for v in rng.uniform(0.5, 3.0, 3))
+    margin = float(rng.uniform(0, 20))
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    sizes = ndimage.sum(mask, labels, range(1, n + 1))
+    keep = [i for i in range(n) if sizes[i] * np.prod(spacing) >= 30.0] or [int(np.argmax(sizes))]
+    objs = ndimage.find_objects(labels)
+    pad = roi.mm_to_voxels(margin, spacing)
+    ref = [[[max(0, sl.start - p), min(s, sl.stop + p)] for sl, p, s in zip(objs[i], pad, shape)] for i in keep]
+    assert roi.roi_boxes(mask, spacing, margin, 30.0) == roi.merge_overlapping(ref)
+    where = np.nonzero(mask)
+    assert roi.outer_box(mask) == [[int(w.min()), int(w.max()) + 1] for w in where]
+    assert roi.outer_box(np.zeros(shape, bool)) is None and roi.roi_boxes(np.zeros(shape, bool), spacing, 5, 0) == []

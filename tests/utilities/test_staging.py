@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from kits_plugins.utilities import staging
 from kits_plugins.utilities.image_io import Geometry, write_image
@@ -72,3 +73,19 @@ def test_staging_folder_of_a_killed_convert_is_removed_by_the_next_one(tmp_path,
     (left / "imagesTr").mkdir(parents=True)
     made = staging.make_temp_dir(tmp_path / "Dataset220_KiTS2023")
     assert not left.exists() and made.exists() and made.stat().st_mode & 0o777 == staging.ordinary_mode(True)
+
+
+def test_atomic_write_bytes_permissions_and_failure(tmp_path):
+    import os
+
+    from kits_plugins.utilities.staging import atomic_path, atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "a.json", b"{}")
+    assert (tmp_path / "a.json").read_bytes() == b"{}"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "b.json") as tmp:
+        open(tmp, "w").write("half")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]

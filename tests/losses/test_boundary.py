@@ -1,4 +1,5 @@
-"""Signed distance maps and the Kervadec boundary loss: exact values, minimum, gradient direction, edge cases."""
+"""``kits_plugins.losses.boundary``: the Kervadec boundary loss (minimum, gradient direction, edge cases, deep
+supervision, normalisation, ignore channel), its weight schedule and the region + boundary composition."""
 
 from __future__ import annotations
 
@@ -26,22 +27,6 @@ torch.set_num_threads(1)
 SPACING = (2.5, 0.8, 0.8)
 
 
-def brute_force_sdm(mask: np.ndarray, spacing) -> np.ndarray:
-    """Reference: for each voxel centre, min distance (mm) to a voxel centre of the other set; minus inside."""
-    coords = np.indices(mask.shape).reshape(mask.ndim, -1).T * np.asarray(spacing, dtype=np.float64)
-    flat = mask.ravel().astype(bool)
-    dist = np.sqrt(((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1))
-    to_inside = np.where(flat[None, :], dist, np.inf).min(1)
-    to_outside = np.where(~flat[None, :], dist, np.inf).min(1)
-    return np.where(flat, -to_outside, to_inside).reshape(mask.shape)
-
-
-def ellipsoid(shape=(12, 24, 24), radii=(3.5, 7.0, 8.0), center=None) -> np.ndarray:
-    center = [s / 2 - 0.5 for s in shape] if center is None else center
-    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
-    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii)) <= 1.0
-
-
 def logits_of(mask: np.ndarray, scale: float = 10.0) -> torch.Tensor:
     """(1, 1, *spatial) logits +scale inside, -scale outside."""
     return torch.from_numpy(np.where(mask, scale, -scale).astype(np.float32))[None, None]
@@ -52,109 +37,7 @@ def target_of(*masks: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack(masks).astype(np.float32))[None]
 
 
-# ----------------------------------------------------------------------------------------- signed distance map
-
-
-@pytest.mark.parametrize(
-    "shape, spacing",
-    [
-        ((5, 7, 6), SPACING),
-        ((6, 5, 7), (0.8, 2.5, 0.8)),
-        ((1, 6, 7), SPACING),
-        ((4, 1, 9), (3.0, 1.0, 0.5)),
-        ((9, 8), (0.7, 1.9)),
-        ((13,), (1.3,)),
-    ],
-)
-@pytest.mark.parametrize("fraction", [0.05, 0.4, 0.9])
-def test_sdm_equals_brute_force(shape, spacing, fraction):
-    rng = np.random.default_rng(hash((shape, fraction)) % 2**32)
-    for _ in range(4):
-        mask = rng.random(shape) < fraction
-        if not mask.any() or mask.all():
-            continue
-        sdm = signed_distance_map(mask, spacing)
-        assert sdm.dtype == np.float32 and sdm.shape == mask.shape
-        np.testing.assert_allclose(sdm, brute_force_sdm(mask, spacing), rtol=1e-5, atol=1e-5)
-
-
-def test_sdm_convention_signs_and_boundary_values():
-    mask = np.zeros((4, 5, 6), dtype=np.uint8)
-    mask[1:3, 1:4, 2:5] = 1
-    before = mask.copy()
-    sdm = signed_distance_map(mask, SPACING)
-    np.testing.assert_array_equal(mask, before)  # input untouched
-    assert (sdm[mask == 1] < 0).all() and (sdm[mask == 0] > 0).all()  # no voxel is exactly zero
-    # face neighbours across the boundary hold -s and +s: the interpolated zero lies on the face between them
-    assert sdm[1, 2, 2] == pytest.approx(-0.8) and sdm[1, 2, 1] == pytest.approx(0.8)
-    assert sdm[0, 2, 3] == pytest.approx(2.5)  # across the slice face: one slice spacing
-    # centre voxel of a 2-slice x 3 x 3 box: nearest outside voxel is two in-plane steps (1.6 mm), not the 2.5 mm slice
-    assert sdm[1, 2, 3] == pytest.approx(-1.6) and sdm[2, 2, 3] == pytest.approx(-1.6)
-    assert sdm[0, 0, 0] == pytest.approx(math.sqrt(2.5**2 + 0.8**2 + 1.6**2), rel=1e-6)
-    # antisymmetric: the complement's map is the negative map
-    np.testing.assert_allclose(signed_distance_map(mask == 0, SPACING), -sdm, rtol=1e-6)
-
-
-def test_sdm_accepts_labels_and_non_contiguous_views():
-    mask = ellipsoid((8, 12, 14), (2.5, 4, 5))
-    expected = signed_distance_map(mask, SPACING)
-    np.testing.assert_array_equal(signed_distance_map(mask.astype(np.int16) * 3, SPACING), expected)
-    big = np.zeros((8, 24, 14), dtype=bool)
-    big[:, ::2] = mask
-    np.testing.assert_array_equal(signed_distance_map(big[:, ::2], SPACING), expected)
-
-
-@pytest.mark.parametrize("fill", [0, 1])
-def test_sdm_empty_and_full_masks_are_zero(fill):
-    sdm = signed_distance_map(np.full((3, 4, 5), fill, dtype=np.uint8), SPACING)
-    assert sdm.dtype == np.float32 and sdm.shape == (3, 4, 5)
-    assert not sdm.any()
-
-
-@pytest.mark.parametrize("spacing", [(1.0, 1.0), (1.0, 0.0, 1.0), (1.0, -1.0, 1.0), (1.0, float("nan"), 1.0)])
-def test_sdm_rejects_bad_spacing(spacing):
-    with pytest.raises(ValueError, match="spacing"):
-        signed_distance_map(np.ones((2, 2, 2), dtype=bool), spacing)
-
-
-# ----------------------------------------------------------------------------------------- batched maps
-
-
-@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.float32, torch.float16])
-def test_batch_maps_match_per_channel_and_stay_on_device(dtype):
-    kidney = ellipsoid((8, 12, 14), (3, 5, 6))
-    mass = ellipsoid((8, 12, 14), (1.5, 2, 2), center=(4, 6, 9))
-    masks = np.stack([np.stack([kidney, mass]), np.stack([kidney, np.zeros_like(mass)])])  # cyst-free 2nd sample
-    target = torch.from_numpy(masks).to(dtype)
-    maps = batch_signed_distance_maps(target, SPACING)
-    assert maps.dtype == torch.float32 and maps.device == target.device and maps.shape == target.shape
-    assert not maps.requires_grad
-    for b in range(2):
-        for c in range(2):
-            np.testing.assert_array_equal(maps[b, c].numpy(), signed_distance_map(masks[b, c], SPACING))
-    assert not maps[1, 1].any() and maps[0, 1].any()  # absent channel in one sample: zeros there only
-
-
-def test_batch_maps_reuse_identical_channels_exactly():
-    tumor = ellipsoid((8, 12, 14), (2, 3, 3), center=(4, 6, 8))
-    cyst = ellipsoid((8, 12, 14), (1.5, 2, 2), center=(3, 3, 3))
-    target = torch.from_numpy(np.stack([np.stack([tumor, tumor]), np.stack([tumor | cyst, tumor])]))
-    maps = batch_signed_distance_maps(target, SPACING)
-    expected = signed_distance_map(tumor, SPACING)
-    for b, c in ((0, 0), (0, 1), (1, 1)):
-        np.testing.assert_array_equal(maps[b, c].numpy(), expected)
-    np.testing.assert_array_equal(maps[1, 0].numpy(), signed_distance_map(tumor | cyst, SPACING))
-
-
-def test_batch_maps_reject_wrong_spacing_length():
-    with pytest.raises(ValueError, match="spatial axes"):
-        batch_signed_distance_maps(torch.zeros(1, 1, 4, 4, 4), (1.0, 1.0))
-
-
-# ----------------------------------------------------------------------------------------- boundary loss
-
-
-def test_perfect_prediction_is_the_minimum():
+def test_perfect_prediction_is_the_minimum(ellipsoid):
     gt = ellipsoid()
     loss = BoundaryLoss(SPACING)
     target = target_of(gt)
@@ -176,7 +59,7 @@ def test_perfect_prediction_is_the_minimum():
     assert perfect == pytest.approx(sdm[gt].sum() / gt.size, rel=1e-3)
 
 
-def test_gradient_grows_a_too_small_prediction():
+def test_gradient_grows_a_too_small_prediction(ellipsoid):
     gt = ellipsoid()
     pred = ndimage.binary_erosion(gt, iterations=2)
     ring = gt & ~pred  # inside the ground truth, outside the prediction
@@ -209,7 +92,7 @@ def test_no_nan_on_empty_or_full_targets(normalize):
         assert torch.isfinite(logits.grad).all() and not logits.grad.any()
 
 
-def test_channel_absent_in_one_sample():
+def test_channel_absent_in_one_sample(ellipsoid):
     gt = ellipsoid((8, 12, 14), (3, 5, 6))
     target = torch.from_numpy(np.stack([np.stack([gt, gt]), np.stack([gt, np.zeros_like(gt)])]).astype(np.float32))
     logits = torch.randn(target.shape, requires_grad=True)
@@ -220,7 +103,7 @@ def test_channel_absent_in_one_sample():
     assert torch.isfinite(logits.grad).all() and not logits.grad[1, 1].any() and logits.grad[1, 0].any()
 
 
-def test_deep_supervision_lists_use_highest_resolution_only():
+def test_deep_supervision_lists_use_highest_resolution_only(ellipsoid):
     gt = ellipsoid((8, 12, 14), (3, 5, 6))
     target = target_of(gt)
     logits = torch.randn(target.shape)
@@ -233,7 +116,7 @@ def test_deep_supervision_lists_use_highest_resolution_only():
         loss(low_logits, target)
 
 
-def test_normalize_modes():
+def test_normalize_modes(ellipsoid):
     gt = ellipsoid((8, 12, 14), (3, 5, 6))
     target = torch.from_numpy(np.stack([gt, np.zeros_like(gt)]).astype(np.float32))[None]
     raw = BoundaryLoss(SPACING).distance_maps(target)
@@ -247,7 +130,7 @@ def test_normalize_modes():
             BoundaryLoss(SPACING, normalize=bad)
 
 
-def test_ignore_channel_is_dropped_and_masked():
+def test_ignore_channel_is_dropped_and_masked(ellipsoid):
     gt = ellipsoid((8, 12, 14), (3, 5, 6))
     ignore = np.zeros_like(gt)
     ignore[:, :, :3] = True
@@ -256,9 +139,6 @@ def test_ignore_channel_is_dropped_and_masked():
     value = BoundaryLoss(SPACING, ignore_channel=True)(logits, target).item()
     product = torch.sigmoid(logits[0, 0]).numpy() * signed_distance_map(gt, SPACING)
     assert value == pytest.approx(product[~ignore].mean(), rel=1e-5)
-
-
-# ----------------------------------------------------------------------------------------- schedule and composition
 
 
 def test_weight_schedule():
@@ -282,7 +162,7 @@ def _nnunet_region_loss(deep_supervision: bool):
 
 
 @pytest.mark.parametrize("deep_supervision", [True, False])
-def test_region_plus_boundary_composition(deep_supervision):
+def test_region_plus_boundary_composition(deep_supervision, ellipsoid):
     gt = ellipsoid((8, 12, 14), (3, 5, 6))
     target = torch.from_numpy(np.stack([gt, ndimage.binary_erosion(gt, iterations=2)]).astype(np.float32))[None]
     target = target.repeat(2, 1, 1, 1, 1)

@@ -1,5 +1,6 @@
-"""`kits convert` / `kits derive-stages` datasets get the umask's permissions (not mkdtemp's 0700), so other users of
-a shared cluster can read them, and a group-shared (setgid) raw folder stays group-shared."""
+"""``kits_plugins.dataset_conversion.layout``: datasets staged by ``kits convert`` / ``kits derive-stages`` get the
+umask's permissions (not mkdtemp's 0700), so other users of a shared cluster can read them, and a group-shared
+(setgid) raw folder stays group-shared."""
 
 from __future__ import annotations
 

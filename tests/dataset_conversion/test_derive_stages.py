@@ -1,10 +1,11 @@
-"""`kits convert` and `kits derive-stages` on tiny generated KiTS-layout folders (KiTS23's permuted direction)."""
+"""``kits_plugins.dataset_conversion.derive_stages``: ``kits derive-stages`` on tiny generated data (datasets 221-223,
+crops that paste back exactly, splits, predictions as the box source) and its ROI boxes on synthetic label maps
+(coverage, border, solitary and merged kidneys, seeded jitter)."""
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,62 +14,17 @@ from nnunetv2.experiment_planning.verify_dataset_integrity import verify_labels
 from nnunetv2.imageio.nibabel_reader_writer import NibabelIOWithReorient
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from kits_plugins.cli import main
 from kits_plugins.dataset_conversion.convert_kits23 import convert_kits23
-from kits_plugins.dataset_conversion.derive_stages import derive_stages
-from kits_plugins.utilities.crops import crop_geometry, load_crops_json, paste_back
+from kits_plugins.dataset_conversion.derive_stages import case_rng, case_rois, derive_stages, uncovered_voxels
+from kits_plugins.utilities import roi
+from kits_plugins.utilities.crops import CropRecord, crop_geometry, load_crops_json, paste_back
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_image, write_image
 from kits_plugins.utilities.labels import decode_masses
 from kits_plugins.utilities.orientation import Reorientation
 
-KITS_DIRECTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
-SHAPE = (56, 36, 16)  # numpy (file) order; the last axis is the slice axis as in KiTS23
-SPACING = (2.5, 0.8, 0.8)  # SimpleITK index order: slice spacing first
-MIN_VOL = 50.0
 MARGIN = 4.0
-
-
-def _geometry(origin=(-120.0, 35.5, 410.0)) -> Geometry:
-    return Geometry(origin, SPACING, KITS_DIRECTION, SHAPE[::-1])
-
-
-def _ball(shape, center, radii_vox):
-    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
-    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii_vox)) <= 1.0
-
-
-def make_label(kind: str = "two") -> np.ndarray:
-    """Kidneys with tumor (2) and cyst (3). kind: two | solitary | border | close (boxes merge)."""
-    lab = np.zeros(SHAPE, np.uint8)
-    centers = {
-        "two": [(10, 18, 8), (46, 18, 8)],
-        "solitary": [(28, 18, 8)],
-        "border": [(2, 18, 14), (46, 18, 8)],
-        "close": [(20, 18, 8), (30, 18, 8)],
-    }[kind]
-    for c in centers:
-        lab[_ball(SHAPE, c, (4, 5, 2.5))] = 1
-    c = centers[0]
-    lab[_ball(SHAPE, c, (1.5, 2, 1.2))] = 2
-    lab[_ball(SHAPE, (c[0], c[1] + 3, c[2]), (1, 1, 1))] = 3
-    return lab
-
-
-def make_ct(label: np.ndarray, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ct = np.array([-900, 40, 90, 10], np.int16)[label] + rng.integers(-20, 20, label.shape).astype(np.int16)
-    return ct
-
-
-def make_kits_dir(root: Path, kinds=("two", "solitary", "border", "close")) -> Path:
-    kits = root / "kits23" / "dataset"
-    for i, kind in enumerate(kinds):
-        case = kits / f"case_{i:05d}"
-        lab = make_label(kind)
-        g = _geometry(origin=(-120.0 + i, 35.5, 410.0 - 2 * i))
-        write_image(make_ct(lab, i), g, case / "imaging.nii.gz")
-        write_image(lab, g, case / "segmentation.nii.gz")
-    return kits
+MIN_VOL = 50.0
+KITS_DIRECTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
 
 
 def assert_file_header(read: Geometry, expected: Geometry) -> None:
@@ -78,88 +34,11 @@ def assert_file_header(read: Geometry, expected: Geometry) -> None:
 
 
 @pytest.fixture(scope="module")
-def raw_with_220(tmp_path_factory):
-    root = tmp_path_factory.mktemp("conv")
-    kits = make_kits_dir(root)
-    raw = root / "raw"
-    target, skipped = convert_kits23(kits.parent, raw=raw)
-    assert not skipped
-    return kits, raw, target
-
-
-@pytest.fixture(scope="module")
 def derived(raw_with_220):
+    """Datasets 221-223 derived from the Dataset220 of ``raw_with_220``."""
     kits, raw, _ = raw_with_220
     written = derive_stages(raw=raw, margin_mm=MARGIN, jitter_mm=3.0, seed=7, min_volume_mm3=MIN_VOL)
     return kits, raw, written
-
-
-# ------------------------------------------------------------------------------------------- convert
-
-
-def test_convert_dataset_json_and_hardlinks(raw_with_220):
-    kits, raw, target = raw_with_220
-    assert target == raw / "Dataset220_KiTS2023"
-    dj = json.loads((target / "dataset.json").read_text())
-    assert dj["channel_names"] == {"0": "CT"}
-    assert dj["labels"] == {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}
-    assert dj["regions_class_order"] == [1, 3, 2]
-    assert dj["file_ending"] == ".nii.gz" and dj["numTraining"] == 4
-    assert dj["overwrite_image_reader_writer"] == "NibabelIOWithReorient"
-    for case in sorted(kits.glob("case_*")):
-        for src, dst in (
-            (case / "imaging.nii.gz", target / "imagesTr" / f"{case.name}_0000.nii.gz"),
-            (case / "segmentation.nii.gz", target / "labelsTr" / f"{case.name}.nii.gz"),
-        ):
-            assert src.read_bytes() == dst.read_bytes()
-            assert os.stat(src).st_ino == os.stat(dst).st_ino  # hardlinked: no recompression
-    assert not [p for p in raw.iterdir() if p.name.startswith(".")]
-
-
-def _bad_layout(tmp_path: Path) -> Path:
-    kits = make_kits_dir(tmp_path, kinds=("two", "two", "two", "two"))
-    (kits / "case_00000" / "imaging.nii.gz").unlink()
-    lab = make_label()
-    lab[0, 0, 0] = 4
-    write_image(lab, _geometry(origin=(-119.0, 35.5, 408.0)), kits / "case_00001" / "segmentation.nii.gz")
-    write_image(make_label(), _geometry(origin=(0.0, 0.0, 0.0)), kits / "case_00002" / "segmentation.nii.gz")
-    return kits
-
-
-def test_convert_bad_inputs_name_the_case(tmp_path):
-    kits = _bad_layout(tmp_path)
-    raw = tmp_path / "raw"
-    with pytest.raises(KitsInputError, match="case_00000.*missing imaging"):
-        convert_kits23(kits, raw=raw)
-    assert not raw.exists() or not any(raw.iterdir())  # nothing half-written
-    target, skipped = convert_kits23(kits, raw=raw, skip_invalid=True)
-    errors = {c.case: c.error for c in skipped}
-    assert set(errors) == {"case_00000", "case_00001", "case_00002"}
-    assert "labels outside 0-3: [4]" in errors["case_00001"]
-    assert "geometry differ" in errors["case_00002"] and "origin" in errors["case_00002"]
-    assert sorted(p.name for p in (target / "labelsTr").iterdir()) == ["case_00003.nii.gz"]
-    assert json.loads((target / "dataset.json").read_text())["numTraining"] == 1
-
-
-def test_convert_refuses_existing_dataset_and_cli_errors(tmp_path, monkeypatch, capsys):
-    kits = make_kits_dir(tmp_path, kinds=("two",))
-    raw = tmp_path / "raw"
-    monkeypatch.delenv("nnUNet_raw", raising=False)
-    assert main(["convert", str(kits), "-np", "1"]) == 2
-    assert "nnUNet_raw is not set" in capsys.readouterr().err
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    assert main(["convert", str(kits), "-np", "1"]) == 0
-    marker = raw / "Dataset220_KiTS2023" / "marker"
-    marker.write_text("x")
-    assert main(["convert", str(kits), "-np", "1"]) == 2
-    assert "already exists" in capsys.readouterr().err and marker.exists()
-    assert main(["convert", str(kits), "--overwrite", "-np", "1"]) == 0
-    assert not marker.exists() and (raw / "Dataset220_KiTS2023" / "dataset.json").exists()
-    assert sorted(p.name for p in raw.iterdir()) == ["Dataset220_KiTS2023"]  # no staging left over
-    assert main(["convert", str(tmp_path / "nowhere"), "-np", "1"]) == 2
-
-
-# ------------------------------------------------------------------------------------------- derive
 
 
 def test_dataset221_full_ct_hardlink_and_binary_label(derived):
@@ -322,11 +201,11 @@ def test_from_predictions_gives_boxes_and_mask_channel(derived, tmp_path):
         derive_stages(raw=raw3, from_predictions=preds, overwrite=True)
 
 
-def test_nan_in_a_float_ct_is_refused_by_convert_and_derive(tmp_path):
+def test_nan_in_a_float_ct_is_refused_by_convert_and_derive(tmp_path, make_kits_dir, make_label, make_ct, case_geometry):
     kits = make_kits_dir(tmp_path, kinds=("two", "solitary"))
     ct = make_ct(make_label("two")).astype(np.float32)
     ct[30, 17, 4] = np.nan
-    g = _geometry(origin=(-120.0, 35.5, 410.0))
+    g = case_geometry(origin=(-120.0, 35.5, 410.0))
     write_image(ct, g, kits / "case_00000" / "imaging.nii.gz")  # ITK would read the NaN as 0
     with pytest.raises(KitsInputError, match=r"case_00000.*imaging.nii.gz: CT contains NaN or infinite values "
                                              r"\(first in slice 30\)"):
@@ -338,3 +217,57 @@ def test_nan_in_a_float_ct_is_refused_by_convert_and_derive(tmp_path):
     with pytest.raises(KitsInputError, match="case_00000_0000.nii.gz: CT contains NaN"):
         derive_stages(raw=tmp_path / "raw", margin_mm=MARGIN, min_volume_mm3=MIN_VOL)
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["Dataset220_KiTS2023"]
+
+
+def test_union_of_rois_covers_every_foreground_voxel_and_reports_specks(kidneys_with_tumors):
+    shape = (48, 40, 30)
+    label = kidneys_with_tumors(shape, [(12, 20, 15), (36, 20, 15)])
+    spacing = (1.0, 0.8, 0.8)
+    boxes = [b for b, _ in case_rois(label > 0, spacing, 3.0, 100.0, 2.0, case_rng(0, "a"))]
+    assert len(boxes) == 2 and roi.covers(boxes, label) and uncovered_voxels(label > 0, boxes) == 0
+    label[0, 0, 0] = 1  # a speck far from both kidneys, below the minimum volume: no ROI of its own
+    boxes = [b for b, _ in case_rois(label > 0, spacing, 5.0, 100.0)]
+    assert len(boxes) == 2 and uncovered_voxels(label > 0, boxes) == 1
+
+
+def test_kidney_touching_the_border_is_clamped(kidneys_with_tumors):
+    shape = (30, 40, 24)
+    label = kidneys_with_tumors(shape, [(0, 20, 23)])  # cut by two faces of the volume
+    (box, base), = case_rois(label > 0, (1.0, 1.0, 1.0), 10.0, 10.0, 5.0, case_rng(0, "b"))
+    assert box[0][0] == 0 and box[2][1] == 24 and roi.covers([box], label)
+    assert all(0 <= a < b <= n for (a, b), n in zip(box, shape))
+    geometry = Geometry((1.0, 2.0, 3.0), (1.0, 1.0, 1.0), KITS_DIRECTION, shape[::-1])
+    rec = CropRecord("b_roi0", "b", "x", box, geometry, 10.0)
+    assert np.array_equal(paste_back(roi.crop(label, box), rec), label)
+
+
+def test_solitary_kidney_and_two_kidneys_whose_boxes_merge(kidneys_with_tumors):
+    shape = (60, 40, 24)
+    solitary = kidneys_with_tumors(shape, [(30, 20, 12)])
+    assert len(case_rois(solitary > 0, (1.0, 1.0, 1.0), 15.0, 100.0)) == 1
+    apart = kidneys_with_tumors(shape, [(10, 20, 12), (50, 20, 12)])
+    assert len(case_rois(apart > 0, (1.0, 1.0, 1.0), 5.0, 100.0)) == 2
+    (box, base), = case_rois(apart > 0, (1.0, 1.0, 1.0), 15.0, 100.0)  # margins overlap: one merged box
+    assert box == base and roi.covers([box], apart)
+    # jittered boxes that come to overlap are merged again: ROIs never overlap
+    close = kidneys_with_tumors(shape, [(16, 20, 12), (44, 20, 12)])
+    for seed in range(10):
+        boxes = [b for b, _ in case_rois(close > 0, (1.0, 1.0, 1.0), 7.0, 100.0, 8.0, case_rng(seed, "x"))]
+        assert all(not roi.boxes_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert roi.covers(boxes, close)
+
+
+def test_jitter_is_seeded_per_case_and_bounded(kidneys_with_tumors):
+    shape = (60, 40, 24)
+    label = kidneys_with_tumors(shape, [(30, 20, 12)])
+    spacing = (2.0, 1.0, 0.5)
+    a = case_rois(label > 0, spacing, 4.0, 10.0, 6.0, case_rng(3, "case_00007"))
+    b = case_rois(label > 0, spacing, 4.0, 10.0, 6.0, case_rng(3, "case_00007"))
+    assert a == b
+    extras = []
+    for seed in range(30):
+        (box, base), = case_rois(label > 0, spacing, 4.0, 10.0, 6.0, case_rng(seed, "case_00007"))
+        for (j0, j1), (b0, b1), s in zip(box, base, spacing):
+            assert 0 <= b0 - j0 <= np.ceil(6.0 / s) and 0 <= j1 - b1 <= np.ceil(6.0 / s)
+            extras.append((b0 - j0) * s)
+    assert len(set(extras)) > 3  # varies

@@ -1,52 +1,12 @@
-"""Orientation mapping against nnU-Net's own NibabelIOWithReorient, and header-exact I/O."""
+"""``kits_plugins.utilities.image_io``: header-exact writing and reading, views, label checks, errors naming the
+file."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from nnunetv2.imageio.nibabel_reader_writer import NibabelIOWithReorient
 
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_image, read_label, write_image
-from kits_plugins.utilities.orientation import Reorientation
-
-
-def _random_geometry(rng, shape):
-    perm = rng.permutation(3)
-    sign = rng.choice([-1.0, 1.0], 3)
-    d = np.zeros((3, 3))
-    d[np.arange(3), perm] = sign
-    return Geometry((12.5, -3.0, 40.25), (0.7, 0.9, 2.5), tuple(d.ravel()), tuple(shape[::-1]))
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_reorientation_matches_nnunet_reader(tmp_path, seed):
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 4, (4, 5, 6)).astype(np.uint8)
-    geom = _random_geometry(rng, arr.shape)
-    f = tmp_path / "x.nii.gz"
-    write_image(arr, geom, f)
-    ref, props = NibabelIOWithReorient().read_seg(str(f))
-    r = Reorientation.from_geometry(geom)
-    assert np.array_equal(r.to_nnunet(arr), ref[0])
-    assert np.allclose(r.spacing_to_nnunet(geom.spacing_np), props["spacing"])
-    assert np.array_equal(r.from_nnunet(r.to_nnunet(arr)), arr)
-    for file_axis, (nn_axis, _flip) in enumerate(r.axis_map):
-        assert arr.shape[file_axis] == ref.shape[1 + nn_axis]
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_box_from_nnunet_is_the_same_voxels(seed):
-    """A box found in nnU-Net order maps to the box of the same voxels in file order (flips included)."""
-    from kits_plugins.utilities.roi import outer_box
-
-    rng = np.random.default_rng(seed)
-    mask = np.zeros((9, 11, 13), bool)
-    lo = rng.integers(0, 4, 3)
-    hi = lo + rng.integers(1, 5, 3)
-    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
-    r = Reorientation.from_geometry(_random_geometry(rng, mask.shape))
-    mask_nn = r.to_nnunet(mask)
-    assert r.box_from_nnunet(outer_box(mask_nn), mask_nn.shape) == outer_box(mask)
 
 
 def test_write_read_roundtrip_and_subvolume_origin(tmp_path):
@@ -107,19 +67,3 @@ def test_view_read_keeps_the_buffer_alive_and_dtype_conversion(tmp_path):
     assert f32.dtype == np.float32 and np.array_equal(f32, arr)
     lab, _ = read_label(tmp_path / "v.nii.gz", max_label=119, view=True)
     assert lab.dtype == np.uint8 and np.array_equal(lab, arr)
-
-
-def test_atomic_write_bytes_permissions_and_failure(tmp_path):
-    import os
-
-    from kits_plugins.utilities.staging import atomic_path, atomic_write_bytes
-
-    atomic_write_bytes(tmp_path / "a.json", b"{}")
-    assert (tmp_path / "a.json").read_bytes() == b"{}"
-    umask = os.umask(0)
-    os.umask(umask)
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
-    with pytest.raises(RuntimeError), atomic_path(tmp_path / "b.json") as tmp:
-        open(tmp, "w").write("half")
-        raise RuntimeError("interrupted")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
