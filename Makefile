@@ -14,3 +14,4 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy  # the package (files and settings: [tool.mypy] in pyproject.toml)

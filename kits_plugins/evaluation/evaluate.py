@@ -134,10 +134,11 @@ def _run_cases(pairs: Sequence[tuple[str, Path, Path]], num_processes: int, prog
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for f in done:
-                    if f.exception() is not None:
+                    error = f.exception()
+                    if error is not None:
                         for other in pending:
                             other.cancel()
-                        raise f.exception()
+                        raise error
                     rows[futures[f]] = f.result()
                     bar.update()
         return rows

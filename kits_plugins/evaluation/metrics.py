@@ -60,7 +60,7 @@ def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
             raise ValueError(f"{name} must be an integer label map, got dtype {a.dtype}")
         if a.dtype.kind == "i" and a.size and a.min() < 0:
             raise ValueError(f"{name} has negative labels")
-    return tuple(float(s) for s in spacing)
+    return float(spacing[0]), float(spacing[1]), float(spacing[2])
 
 
 def hec_mask(labels: np.ndarray, hec: str) -> np.ndarray:

@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from kits_plugins.constants import (
     DEFAULT_MIN_ROI_VOLUME_MM3,
     FILE_ENDING,
 )
+from kits_plugins.inference import nnunet_predictor as nnp
 from kits_plugins.inference.coarse import LowresLabelMap, coarse_lowres
 from kits_plugins.inference.stage_io import find_ct_inputs, mask_file
 from kits_plugins.postprocessing.remove_components import postprocess_segmentation
@@ -55,6 +57,11 @@ from kits_plugins.utilities.labels import combine_stage_outputs, decode_masses, 
 from kits_plugins.utilities.orientation import Reorientation
 from kits_plugins.utilities.paths import child_path, refuse_overwriting_inputs
 from kits_plugins.utilities.staging import atomic_path
+
+if TYPE_CHECKING:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from kits_plugins.inference.model_discovery import StageModel
 
 EMPTY_MASK_POLICIES = ("zeros", "whole")
 TIMING_KEYS = ("read", "coarse", "fine", "masses", "postprocess", "write")
@@ -93,10 +100,13 @@ def timing_line(info: dict) -> str:
     )
 
 
-def _predict(predictor, image_nn: np.ndarray, spacing_nn: Sequence[float], probabilities: bool):
-    """One nnU-Net prediction of a (c, z, y, x) float32 array in nnU-Net order; label map (+ probabilities)."""
+def _predict(predictor: nnUNetPredictor, image_nn: np.ndarray, spacing_nn: Sequence[float],
+             probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One nnU-Net prediction of a (c, z, y, x) float32 array in nnU-Net order: label map and, with
+    ``probabilities``, the class probabilities (else None)."""
     props = {"spacing": [float(s) for s in spacing_nn]}  # nnU-Net adds keys to this dict: fresh each call
-    return predictor.predict_single_npy_array(image_nn, props, None, None, probabilities)
+    out = predictor.predict_single_npy_array(image_nn, props, None, None, probabilities)
+    return out if probabilities else (out, None)
 
 
 @dataclass(frozen=True)
@@ -141,9 +151,9 @@ class KiTSCascadePredictor:
 
     def __init__(
         self,
-        coarse,
-        fine,
-        masses,
+        coarse: nnUNetPredictor | None,
+        fine: nnUNetPredictor,
+        masses: nnUNetPredictor,
         margin_mm: float = DEFAULT_MARGIN_MM,
         min_roi_volume_mm3: float = DEFAULT_MIN_ROI_VOLUME_MM3,
         postprocess: bool = True,
@@ -160,14 +170,14 @@ class KiTSCascadePredictor:
         self.min_volume_mm3 = min_volume_mm3
         self.on_empty_mask = on_empty_mask
         self.save_probabilities = save_probabilities
-        self._masses_labels = masses.dataset_json["labels"] if masses is not None else None
+        self._masses_labels = nnp.dataset_json(masses)["labels"] if masses is not None else None
         if self._masses_labels is not None:
             masses_label_lut(self._masses_labels)  # a dataset.json without 'tumor' fails here, not per ROI
 
     @classmethod
     def from_results(
         cls,
-        models: dict | None = None,
+        models: dict[str, StageModel] | None = None,
         results: str | os.PathLike | None = None,
         device: str = "cpu",
         step_size: float = 0.5,
@@ -191,27 +201,35 @@ class KiTSCascadePredictor:
 
             if not torch.cuda.is_available():
                 raise KitsInputError("-device cuda: no CUDA device is available (use -device cpu)")
-        common = dict(results=results, device=device, step_size=step_size, use_mirroring=use_mirroring,
-                      trust_checkpoints=trust_checkpoints)
-        coarse = load_stage_predictor(models["coarse"], **common) if load_coarse else None
-        fine = load_stage_predictor(models["fine"], **common)
-        masses = load_stage_predictor(models["masses"], **common)
+
+        def load(model: StageModel) -> nnUNetPredictor:
+            return load_stage_predictor(model, results=results, device=device, step_size=step_size,
+                                        use_mirroring=use_mirroring, trust_checkpoints=trust_checkpoints)
+
+        coarse = load(models["coarse"]) if load_coarse else None
+        fine = load(models["fine"])
+        masses = load(models["masses"])
         return cls(coarse, fine, masses, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- arrays
-    def coarse_lowres(self, ct: np.ndarray, geometry: Geometry) -> LowresLabelMap:
-        """Stage 221 on the full CT (file order), kept at the network's resolution."""
+    def _coarse_model(self) -> nnUNetPredictor:
         if self.coarse is None:
             raise KitsInputError("no coarse model loaded and no coarse mask given")
+        return self.coarse
+
+    def coarse_lowres(self, ct: np.ndarray, geometry: Geometry) -> LowresLabelMap:
+        """Stage 221 on the full CT (file order), kept at the network's resolution."""
+        coarse = self._coarse_model()
         r = Reorientation.from_geometry(geometry)
         image = r.to_nnunet(ct)[None]  # any dtype: the preprocessing makes float32 slabs
-        return coarse_lowres(self.coarse, image, r.spacing_to_nnunet(geometry.spacing_np))
+        return coarse_lowres(coarse, image, r.spacing_to_nnunet(geometry.spacing_np))
 
     def coarse_mask(self, ct: np.ndarray, geometry: Geometry) -> np.ndarray:
         """Stage 221 as a full-size file-order bool mask (for inspection; the cascade itself only needs
         :meth:`coarse_boxes`)."""
         lowres = self.coarse_lowres(ct, geometry)
-        return Reorientation.from_geometry(geometry).from_nnunet(lowres.to_full(self.coarse.configuration_manager)) > 0
+        full = lowres.to_full(nnp.configuration_manager(self._coarse_model()))
+        return Reorientation.from_geometry(geometry).from_nnunet(full) > 0
 
     def coarse_boxes(self, ct: np.ndarray, geometry: Geometry) -> list[roi.Box]:
         """ROI boxes (file order) from stage 221, taken from its low-resolution map: per component above
@@ -283,25 +301,24 @@ class KiTSCascadePredictor:
         t = time.perf_counter()
         want = self.save_probabilities
         ct_nn = np.asarray(ct_nn, dtype=np.float32)  # ROI-sized; the CT itself stays as stored
-        out = _predict(self.fine, ct_nn[None], spacing_nn, want)
-        fine_seg, fine_prob = out if want else (out, None)
+        fine_seg, fine_prob = _predict(self.fine, ct_nn[None], spacing_nn, want)
         fine_mask = fine_seg > 0
         del fine_seg
         timings["fine"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        probs = None
+        probs: dict[str, np.ndarray | None] | None = None
         if fine_mask.any():
             image = np.stack([ct_nn, fine_mask.astype(np.float32)])
-            out = _predict(self.masses, image, spacing_nn, want)
-            masses_seg, masses_prob = out if want else (out, None)
+            masses_seg, masses_prob = _predict(self.masses, image, spacing_nn, want)
             del image
+            assert self._masses_labels is not None  # read from self.masses, which just ran
             labels = combine_stage_outputs(fine_mask, decode_masses(masses_seg, self._masses_labels))
-            if want:
+            if fine_prob is not None and masses_prob is not None:  # i.e. want
                 probs = {"fine": fine_prob.astype(np.float16), "masses": masses_prob.astype(np.float16)}
         else:  # nothing for 223 to subdivide
             labels = np.zeros(fine_mask.shape, dtype=np.uint8)
-            if want:
+            if fine_prob is not None:  # i.e. want
                 probs = {"fine": fine_prob.astype(np.float16), "masses": None}
         timings["masses"] += time.perf_counter() - t
         return labels, probs

@@ -16,9 +16,12 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kits_plugins.utilities.image_io import KitsInputError
+
+if TYPE_CHECKING:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 TRUST_HINT = "if the file comes from a trusted source, load it with --trust-checkpoints"
 
@@ -87,7 +90,8 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict:
         if trust:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         else:
-            if TorchVersion(torch.__version__) < (2, 6):
+            # TorchVersion compares with tuples through methods it sets at run time, which its annotations lack
+            if TorchVersion(torch.__version__) < (2, 6):  # type: ignore[operator]
                 raise KitsInputError(
                     f"{path}: loading checkpoints without running code needs torch >= 2.6 (installed: "
                     f"{torch.__version__}); upgrade torch, or {TRUST_HINT}"
@@ -120,12 +124,12 @@ def _entry(checkpoint: dict, path: Path, *keys: str) -> Any:
 
 
 def initialize_from_model_folder(
-    predictor,
+    predictor: nnUNetPredictor,
     model_folder: str | os.PathLike,
     use_folds: tuple[int | str, ...] | list[int | str] | str | None = None,
     checkpoint_name: str = "checkpoint_final.pth",
     trust: bool = False,
-):
+) -> nnUNetPredictor:
     """Initialise ``predictor`` (an ``nnUNetPredictor``) from a trained model folder; returns it.
 
     Mirrors nnU-Net 2.8's ``nnUNetPredictor.initialize_from_trained_model_folder`` step by step (folds,

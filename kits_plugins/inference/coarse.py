@@ -23,10 +23,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kits_plugins.inference import nnunet_predictor as nnp
 from kits_plugins.utilities import roi
+
+if TYPE_CHECKING:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 #: normalisation schemes that are pointwise and ignore the nonzero mask, so they can run slab by slab
 LEAN_NORMALIZATIONS = ("CTNormalization", "NoNormalization")
@@ -86,14 +92,15 @@ def _resample_cubic_separable(read, shape, new_shape, order, chunk_voxels) -> np
 
     lo, hi = math.inf, -math.inf
     axes = sorted((d for d in range(3) if new_shape[d] != shape[d]), key=lambda d: new_shape[d] / shape[d])
-    current_shape, current = list(shape), None
+    current_shape: list[int] = list(shape)
+    current: np.ndarray | None = None  # the previous pass's output
     for k, axis in enumerate(axes):
         out_shape = list(current_shape)
         out_shape[axis] = new_shape[axis]
         out = np.empty(out_shape, np.float32)
         along = next(d for d in range(3) if d != axis)
         for index in _slabs(current_shape, along, chunk_voxels):
-            part = read(index) if k == 0 else current[index]
+            part = read(index) if current is None else current[index]
             if k == 0:
                 lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
             # (axis, everything else) as 2-D: the other axes are not resampled, so flattening them keeps every
@@ -108,7 +115,7 @@ def _resample_cubic_separable(read, shape, new_shape, order, chunk_voxels) -> np
     return np.clip(current, lo, hi, out=current)
 
 
-def lean_preprocessing_supported(configuration_manager) -> bool:
+def lean_preprocessing_supported(configuration_manager: ConfigurationManager) -> bool:
     """True when :func:`preprocess_lowres` can run slab by slab for this configuration."""
     cfg = configuration_manager.configuration
     return (
@@ -119,7 +126,7 @@ def lean_preprocessing_supported(configuration_manager) -> bool:
     )
 
 
-def preprocess_lowres(predictor, image_nn: np.ndarray, spacing_nn: Sequence[float],
+def preprocess_lowres(predictor: nnUNetPredictor, image_nn: np.ndarray, spacing_nn: Sequence[float],
                       chunk_voxels: int = 2**22) -> tuple[np.ndarray, dict]:
     """Network input (c, z, y, x float32) and nnU-Net properties for a (c, z, y, x) image in nnU-Net order.
 
@@ -131,11 +138,11 @@ def preprocess_lowres(predictor, image_nn: np.ndarray, spacing_nn: Sequence[floa
     """
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
-    pm, cm = predictor.plans_manager, predictor.configuration_manager
+    pm, cm = nnp.plans_manager(predictor), nnp.configuration_manager(predictor)
     props: dict = {"spacing": [float(s) for s in spacing_nn]}
     if not lean_preprocessing_supported(cm):
         data, _, props = cm.preprocessor_class(verbose=False).run_case_npy(
-            image_nn, None, props, pm, cm, predictor.dataset_json)
+            image_nn, None, props, pm, cm, nnp.dataset_json(predictor))
         return data, props
 
     data = image_nn.transpose([0, *[i + 1 for i in pm.transpose_forward]])  # view
@@ -143,13 +150,13 @@ def preprocess_lowres(predictor, image_nn: np.ndarray, spacing_nn: Sequence[floa
     props["shape_before_cropping"] = data.shape[1:]
     box = None
     for index in _slabs(data.shape[1:], 0, chunk_voxels):
-        part = roi.outer_box((data[(slice(None), *index)] != 0).any(axis=0))
+        part = roi.outer_box((data[(slice(None),) + index] != 0).any(axis=0))
         if part is not None:
             part[0] = [part[0][0] + index[0].start, part[0][1] + index[0].start]
             box = part if box is None else roi.union_box(box, part)
     box = box if box is not None else [[0, n] for n in data.shape[1:]]
     props["bbox_used_for_cropping"] = box
-    cropped = data[(slice(None), *roi.bounding_box_to_slice(box))]
+    cropped = data[(slice(None),) + roi.bounding_box_to_slice(box)]
     shape = cropped.shape[1:]
     props["shape_after_cropping_and_before_resampling"] = shape
     new_shape = [int(n) for n in compute_new_shape(shape, spacing, cm.spacing)]
@@ -188,9 +195,9 @@ def _normalizer(scheme: str):
 def resample_label_map(
     seg: np.ndarray,
     new_shape: Sequence[int],
-    current_spacing: Sequence[float],
-    new_spacing: Sequence[float],
-    configuration_manager,
+    current_spacing: tuple[float, ...] | list[float] | np.ndarray,  # what nnU-Net's resampling functions take
+    new_spacing: tuple[float, ...] | list[float] | np.ndarray,
+    configuration_manager: ConfigurationManager,
     chunk_voxels: int = 2**20,
 ) -> np.ndarray:
     """Resample a (z, y, x) label map with the configuration's ``resampling_fn_seg`` (nnU-Net's functions).
@@ -257,7 +264,7 @@ class LowresLabelMap:
             out.append([scaled[i] for i in self.transpose_backward])
         return out
 
-    def to_full(self, configuration_manager) -> np.ndarray:
+    def to_full(self, configuration_manager: ConfigurationManager) -> np.ndarray:
         """uint8 label map on the input grid (nnU-Net order), as nnU-Net's export would place it: the low-res
         map resampled to the cropped shape (:func:`resample_label_map`), pasted into the crop box."""
         from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
@@ -270,25 +277,25 @@ class LowresLabelMap:
         return np.asarray(full).transpose(self.transpose_backward)
 
 
-def coarse_lowres(predictor, image_nn: np.ndarray, spacing_nn: Sequence[float]) -> LowresLabelMap:
+def coarse_lowres(predictor: nnUNetPredictor, image_nn: np.ndarray, spacing_nn: Sequence[float]) -> LowresLabelMap:
     """Stage 221 on a (c, z, y, x) image in nnU-Net order: :func:`preprocess_lowres`, nnU-Net's
     ``predict_logits_from_preprocessed_data`` (sliding window, mirroring, fold ensemble) and its label
     manager's argmax, all at the network's resolution. No full-size float array is made."""
     import torch
 
-    pm, cm = predictor.plans_manager, predictor.configuration_manager
+    pm, cm = nnp.plans_manager(predictor), nnp.configuration_manager(predictor)
     data, props = preprocess_lowres(predictor, image_nn, spacing_nn)
     logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
     del data
-    seg = predictor.label_manager.convert_logits_to_segmentation(logits)
+    seg = nnp.label_manager(predictor).convert_logits_to_segmentation(logits)
     del logits
     seg = seg.numpy() if isinstance(seg, torch.Tensor) else np.asarray(seg)
     spacing = tuple(float(s) for s in cm.spacing)
     return LowresLabelMap(seg.astype(np.uint8, copy=False), spacing, props, tuple(pm.transpose_backward))
 
 
-def coarse_label_map(predictor, image_nn: np.ndarray, spacing_nn: Sequence[float]) -> np.ndarray:
+def coarse_label_map(predictor: nnUNetPredictor, image_nn: np.ndarray, spacing_nn: Sequence[float]) -> np.ndarray:
     """Stage-221 label map (uint8, nnU-Net order, the input's shape): :func:`coarse_lowres`, then only the
     uint8 map is resampled back. Resampling labels instead of logits may move the boundary by about one
     coarse voxel: irrelevant for a ROI mask grown by a margin in mm."""
-    return coarse_lowres(predictor, image_nn, spacing_nn).to_full(predictor.configuration_manager)
+    return coarse_lowres(predictor, image_nn, spacing_nn).to_full(nnp.configuration_manager(predictor))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kits_plugins.constants import (
     COARSE_DATASET_ID,
@@ -20,6 +21,9 @@ from kits_plugins.constants import (
     STAGE_DATASET_NAMES,
 )
 from kits_plugins.utilities.image_io import KitsInputError
+
+if TYPE_CHECKING:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 STAGES = ("coarse", "fine", "masses")
 
@@ -132,7 +136,7 @@ def resolve_folds(folder: Path, model: StageModel) -> list[int | str]:
                 + ")"
             )
         return folds
-    numbered = sorted(
+    numbered: list[int | str] = sorted(
         int(p.name.split("_")[1])
         for p in folder.glob("fold_*")
         if p.name.split("_")[1].isdigit() and (p / model.checkpoint).is_file()
@@ -152,7 +156,8 @@ def ensure_ext_trainer_path() -> None:
     os.environ["nnUNet_extTrainer"] = ext_trainer_paths(os.environ.get("nnUNet_extTrainer"))
 
 
-def make_nnunet_predictor(device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True, verbose: bool = False):
+def make_nnunet_predictor(device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True,
+                          verbose: bool = False) -> nnUNetPredictor:
     """An uninitialised ``nnUNetPredictor`` with the cascade's settings (no tqdm per sliding window)."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -178,7 +183,7 @@ def load_stage_predictor(
     use_mirroring: bool = True,
     verbose: bool = False,
     trust_checkpoints: bool = False,
-):
+) -> nnUNetPredictor:
     """Find ``model`` and return an initialised ``nnUNetPredictor`` (loaded once, reused for every case).
 
     Checkpoints are read without running code from them unless ``trust_checkpoints``

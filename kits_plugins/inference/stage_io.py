@@ -127,6 +127,7 @@ def crop_rois(
     if with_mask_channel and mask_dir is None and roi_mask_dir is None:
         raise KitsInputError("crop-rois: --with-mask-channel needs --mask or --roi-mask")
     given = load_crops(crops_json) if crops_json is not None else None
+    crops_source = crops_json_path(crops_json) if crops_json is not None else None
     cases = find_ct_inputs(ct_input)
     if given is not None:
         unknown = sorted(set(given[1]) - {c for c, _ in cases})
@@ -136,10 +137,9 @@ def crop_rois(
         by_case = records_by_case(given[0])
     masks = {c: mask_file(Path(mask_dir), c) for c, _ in cases} if mask_dir is not None else {}
     inputs = [f for _, f in cases] + list(masks.values())
-    if given is not None:
-        inputs.append(crops_json_path(crops_json))
+    if crops_source is not None:
+        inputs.append(crops_source)
         planned = [r.crop_id for rs in by_case.values() for r in rs]
-        crops_source = crops_json_path(crops_json)
         if roi_mask_dir is not None:
             inputs += [child_path(roi_mask_dir, f"{cid}{FILE_ENDING}", crops_source) for cid in planned]
         outputs = [child_path(out_dir, f"{cid}_{ch:04d}{FILE_ENDING}", crops_source) for cid in planned for ch in (0, 1)]
@@ -166,12 +166,13 @@ def crop_rois(
                 for r in by_case.get(case, [])
             ]
         else:
+            assert mask is not None  # no crops.json: --mask was given
             boxes = roi.roi_boxes(mask, g.spacing_np, margin_mm, min_roi_volume_mm3)
             rel = os.path.relpath(ct_path, out_dir)
             case_records = [crop_record(case, k, b, g, rel, margin_mm) for k, b in enumerate(boxes)]
         geometries[case] = g
         for r in case_records:
-            source = crops_json_path(crops_json) if given is not None else ct_path
+            source = crops_source if crops_source is not None else ct_path
             write_ct_crop(ct, r, child_path(out_dir, f"{r.crop_id}_0000{FILE_ENDING}", source))
             if with_mask_channel:
                 channel_path = child_path(out_dir, f"{r.crop_id}_0001{FILE_ENDING}", source)
@@ -180,6 +181,7 @@ def crop_rois(
                     write_image(kidney_mask(_read_roi_prediction(rpath, crop_geometry(r))), crop_geometry(r),
                                 channel_path)
                 else:
+                    assert mask is not None  # a mask channel without --roi-mask needs --mask (checked above)
                     write_crop(mask, r, channel_path)
             records[r.crop_id] = r
     write_crops_json(out_dir / CROPS_JSON, records.values(), geometries)

@@ -71,8 +71,7 @@ def batch_signed_distance_maps(target: torch.Tensor, spacing: Sequence[float], p
         raise ValueError(f"target must be (b, c, *spatial), got shape {tuple(target.shape)}")
     _check_spacing(spacing, target.ndim - 2)
     with torch.no_grad():
-        inside = target if target.dtype == torch.bool else target > 0.5
-        inside = inside.detach().to("cpu").numpy()
+        inside = (target if target.dtype == torch.bool else target > 0.5).detach().to("cpu").numpy()
     out = np.empty(inside.shape, dtype=np.float32)
     for b in range(inside.shape[0]):
         for c in range(inside.shape[1]):

@@ -29,6 +29,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Final
 
 import cc3d
 import numpy as np
@@ -45,7 +46,7 @@ from kits_plugins.constants import (
 )
 from kits_plugins.utilities.roi import outer_slices
 
-CONNECTIVITY = 26
+CONNECTIVITY: Final = 26
 logger = logging.getLogger(__name__)
 
 

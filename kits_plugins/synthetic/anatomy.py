@@ -143,11 +143,9 @@ def fit_scale(shape: tuple[int, int, int], spacing: tuple[float, float, float]) 
 
 def _dome_z(anat: Anatomy, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Height (mm) of the diaphragm over the (y, x) grid: the higher of two paraboloid domes."""
-    out = None
-    for zt, cy, cx in (anat.dome_right, anat.dome_left):
-        d = zt - anat.dome_k * (((y - cy) ** 2)[:, None] + ((x - cx) ** 2)[None, :])
-        out = d if out is None else np.maximum(out, d)
-    return out.astype(np.float32)
+    right, left = (zt - anat.dome_k * (((y - cy) ** 2)[:, None] + ((x - cx) ** 2)[None, :])
+                   for zt, cy, cx in (anat.dome_right, anat.dome_left))
+    return np.maximum(right, left).astype(np.float32)
 
 
 def layout(

@@ -10,6 +10,7 @@ the real KiTS23 images (SimpleITK numpy order with KiTS23's permuted direction, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cc3d
@@ -20,7 +21,7 @@ from kits_plugins.synthetic import DEFAULT_SHAPE, DEFAULT_SPACING
 from kits_plugins.synthetic import anatomy as A
 from kits_plugins.synthetic.render import render_ct
 from kits_plugins.synthetic.shapes import Axes, Ellipsoid, grid_axes, random_lobes, sub_axes
-from kits_plugins.utilities.image_io import Geometry
+from kits_plugins.utilities.image_io import Geometry, float_triple, int_triple
 from kits_plugins.utilities.orientation import Reorientation
 
 # Direction matrix of the KiTS23 images (row-major, SimpleITK): slice axis is the last numpy axis.
@@ -35,7 +36,7 @@ def kits_geometry(shape_zyx: tuple[int, int, int], spacing_zyx: tuple[float, flo
     for file_axis, (nn_axis, _flip) in enumerate(r.axis_map):
         file_shape[file_axis] = int(shape_zyx[nn_axis])
         file_spacing[file_axis] = float(spacing_zyx[nn_axis])
-    return Geometry((0.0, 0.0, 0.0), tuple(file_spacing[::-1]), KITS_DIRECTION, tuple(file_shape[::-1]))
+    return Geometry((0.0, 0.0, 0.0), float_triple(file_spacing[::-1]), KITS_DIRECTION, int_triple(file_shape[::-1]))
 
 
 @dataclass
@@ -158,8 +159,8 @@ class Phantom:
 
 def make_phantom(
     seed: int,
-    shape_zyx: tuple[int, int, int] = DEFAULT_SHAPE,
-    spacing_zyx: tuple[float, float, float] = DEFAULT_SPACING,
+    shape_zyx: Sequence[int] = DEFAULT_SHAPE,
+    spacing_zyx: Sequence[float] = DEFAULT_SPACING,
     return_tissue: bool = False,
 ) -> Phantom:
     """Procedural case in anatomical order; deterministic in ``seed`` (see module docstring)."""
@@ -194,6 +195,7 @@ def make_phantom(
     for k in models:
         e = Ellipsoid(k.center, k.semi * 1.05)
         sl = e.window(axes)
+        assert sl is not None  # kidneys are placed inside the field of view
         parenchyma, _ = k.inside(sub_axes(axes, sl))
         label[sl][parenchyma] = 1
     n_tumors = int(rng.choice(4, p=[0.1, 0.55, 0.25, 0.1]))
@@ -212,8 +214,8 @@ def make_phantom(
 
 def make_case(
     seed: int,
-    shape_zyx: tuple[int, int, int] = DEFAULT_SHAPE,
-    spacing_zyx: tuple[float, float, float] = DEFAULT_SPACING,
+    shape_zyx: Sequence[int] = DEFAULT_SHAPE,
+    spacing_zyx: Sequence[float] = DEFAULT_SPACING,
 ) -> tuple[np.ndarray, np.ndarray, Geometry]:
     """One procedural case as (CT int16, label uint8, geometry), arrays in KiTS23 file order.
 

@@ -10,6 +10,8 @@ plus the int16 output, so a 512 x 512 x 1059 label map renders in well under 4 G
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cc3d
 import edt
 import numpy as np
@@ -26,14 +28,14 @@ HU_MIN, HU_MAX = -1024, 3071
 _CHUNK_VOXELS = 1 << 24
 
 
-def coarse_factors(spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+def coarse_factors(spacing: Sequence[float]) -> tuple[int, ...]:
     """Integer subsampling per axis that puts the background grid near :data:`BACKGROUND_MM`."""
     return tuple(max(1, int(round(BACKGROUND_MM / s))) for s in spacing)
 
 
 def render_kidneys(
     label: np.ndarray,
-    spacing: tuple[float, float, float],
+    spacing: Sequence[float],
     intens: A.Intensities,
     scale: float,
     rng: np.random.Generator,
@@ -67,6 +69,7 @@ def render_kidneys(
     tumor = np.flatnonzero(lv == 2)
     if tumor.size:
         box = outer_slices(label == 2)
+        assert box is not None  # there are tumour voxels
         sub = np.ascontiguousarray(label[box] == 2)
         cc_box, n = cc3d.connected_components(sub, connectivity=26, return_N=True)
         tdepth_box = edt.edt(sub, anisotropy=sp, black_border=True, parallel=1)
@@ -93,6 +96,7 @@ def render_kidneys(
     cyst = np.flatnonzero(lv == 3)
     if cyst.size:
         box = outer_slices(label == 3)
+        assert box is not None  # there are cyst voxels
         sub = np.ascontiguousarray(label[box] == 3)
         cc_box, n = cc3d.connected_components(sub, connectivity=26, return_N=True)
         cpos = np.ravel_multi_index(
@@ -111,7 +115,7 @@ def render_kidneys(
 
 def render_ct(
     label: np.ndarray,
-    spacing: tuple[float, float, float],
+    spacing: Sequence[float],
     anat: A.Anatomy,
     rng: np.random.Generator,
     return_tissue: bool = False,
@@ -146,6 +150,7 @@ def render_ct(
     if return_tissue:
         tissue = tis_c
         if box is not None:
+            assert kid_tis is not None  # rendered with box
             tissue[box][kid_tis > 0] = kid_tis[kid_tis > 0]
     del tis_c
 
@@ -171,6 +176,7 @@ def render_ct(
             zs = slice(max(box[0].start, h0), min(box[0].stop, h1))
             region = (slice(zs.start - h0, zs.stop - h0), box[1], box[2])
             kz = slice(zs.start - box[0].start, zs.stop - box[0].start)
+            assert kid_hu is not None and kid_tis is not None  # rendered with box
             m = kid_tis[kz] > 0
             hv = hu[region]
             hv[m] = kid_hu[kz][m]

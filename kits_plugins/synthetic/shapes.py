@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-Axes = tuple[np.ndarray, np.ndarray, np.ndarray]
+Axes = tuple[np.ndarray, ...]  # (z_mm, y_mm, x_mm)
 
 
 def rotation(axis: Sequence[float], angle: float) -> np.ndarray:
@@ -59,7 +59,9 @@ def upsample_axis(a: np.ndarray, axis: int, f: int, n_out: int) -> np.ndarray:
     return out[tuple(keep)]
 
 
-def window(axes: Axes, lo_mm: Sequence[float], hi_mm: Sequence[float]) -> tuple[slice, slice, slice] | None:
+def window(
+    axes: Axes, lo_mm: Sequence[float] | np.ndarray, hi_mm: Sequence[float] | np.ndarray
+) -> tuple[slice, ...] | None:
     """Index slices of the grid points whose coordinates lie in [lo_mm, hi_mm] per axis (None if empty)."""
     sl = []
     for a, lo, hi in zip(axes, lo_mm, hi_mm):
@@ -71,7 +73,7 @@ def window(axes: Axes, lo_mm: Sequence[float], hi_mm: Sequence[float]) -> tuple[
     return tuple(sl)
 
 
-def sub_axes(axes: Axes, sl: tuple[slice, slice, slice]) -> Axes:
+def sub_axes(axes: Axes, sl: tuple[slice, ...]) -> Axes:
     return tuple(a[s] for a, s in zip(axes, sl))
 
 
@@ -93,7 +95,7 @@ class Ellipsoid:
     def radius(self) -> float:
         return float(np.max(self.semi) * (1 + sum(abs(a) for a, _ in self.lobes)))
 
-    def window(self, axes: Axes, margin: float = 1.0) -> tuple[slice, slice, slice] | None:
+    def window(self, axes: Axes, margin: float = 1.0) -> tuple[slice, ...] | None:
         r = self.radius * margin
         return window(axes, self.center - r, self.center + r)
 

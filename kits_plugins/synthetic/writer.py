@@ -116,7 +116,9 @@ def synthesize_from_labels(
         read_geometry(f)  # raises KitsInputError naming the file (unreadable, not 3D)
     out = []
     for f in tqdm(files, desc="kits synth --from-labels", unit="case", disable=not progress):
-        case_id = _LABEL_FILE.match(f.name).group(1)
+        match = _LABEL_FILE.match(f.name)
+        assert match is not None  # label_files lists matching names only
+        case_id = match.group(1)
         label, geom = read_label(f)
         ct = synthesize_ct_from_label(label, geom, case_seed(seed, int(case_id[5:])))
         del label

@@ -8,7 +8,7 @@ kidneys, a tumor and a cyst, written with KiTS23's permuted direction matrix so 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from kits_plugins.constants import (
     READER_WRITER,
     STAGE_DATASET_NAMES,
 )
-from kits_plugins.utilities.image_io import Geometry, write_image
+from kits_plugins.utilities.image_io import Geometry, float_triple, int_triple, write_image
 from kits_plugins.utilities.labels import (
     BINARY_LABELS,
     MASSES_CHANNELS,
@@ -34,15 +34,21 @@ from kits_plugins.utilities.labels import (
 KITS_DIRECTION = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)
 
 # The stage datasets' channels and labels, exactly as ``kits derive-stages`` writes them.
-STAGE_CHANNELS = {COARSE_DATASET_ID: {0: "CT"}, FINE_DATASET_ID: {0: "CT"}, MASSES_DATASET_ID: MASSES_CHANNELS}
-STAGE_LABELS = {COARSE_DATASET_ID: BINARY_LABELS, FINE_DATASET_ID: BINARY_LABELS, MASSES_DATASET_ID: MASSES_LABELS}
+STAGE_CHANNELS: dict[int, Mapping[int, str]] = {
+    COARSE_DATASET_ID: {0: "CT"}, FINE_DATASET_ID: {0: "CT"}, MASSES_DATASET_ID: MASSES_CHANNELS,
+}
+STAGE_LABELS: dict[int, Mapping[str, int | tuple[int, ...]]] = {
+    COARSE_DATASET_ID: BINARY_LABELS, FINE_DATASET_ID: BINARY_LABELS, MASSES_DATASET_ID: MASSES_LABELS,
+}
 STAGE_REGIONS_CLASS_ORDER = {MASSES_DATASET_ID: MASSES_REGIONS_CLASS_ORDER}
 
 
-def _ellipsoid(shape: Sequence[int], center: Sequence[float], radii: Sequence[float]) -> np.ndarray:
+def _ellipsoid(
+    shape: Sequence[int], center: Sequence[float] | np.ndarray, radii: Sequence[float] | np.ndarray
+) -> np.ndarray:
     grids = np.ogrid[tuple(slice(0, s) for s in shape)]
     d = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii))
-    return d <= 1.0
+    return np.asarray(d <= 1.0)
 
 
 def tiny_case(shape: Sequence[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +89,7 @@ def write_tiny_stage_dataset(
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    geometry = Geometry((10.0, -20.0, 30.0), tuple(float(s) for s in spacing), KITS_DIRECTION,
-                        tuple(int(s) for s in shape[::-1]))
+    geometry = Geometry((10.0, -20.0, 30.0), float_triple(spacing), KITS_DIRECTION, int_triple(shape[::-1]))
     for i in range(num_cases):
         ct, labels = tiny_case(shape, rng)
         case = f"case_{i:05d}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from torch import nn
 
 from kits_plugins.losses.boundary import BoundaryLoss, BoundaryWeightSchedule, RegionDiceBCEBoundaryLoss
 from kits_plugins.training.transforms import BinarizeInputChannels, binarize_first, keep_channels_binary
+
+if TYPE_CHECKING:
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 __all__ = [
     "nnUNetTrainerKiTSBase",
@@ -201,7 +205,7 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
         if isinstance(store, dict):
             for k in self.log_keys:
                 store.setdefault(k, [])
-            self._own_log = None
+            self._own_log: dict[str, list[float]] | None = None
         else:  # a future nnU-Net logger without that dict: keep our own per-epoch lists
             self._own_log = {k: [] for k in self.log_keys}
 
@@ -221,6 +225,12 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
         return list(self.logger.get_value(key, step=None))
 
     # ----- loss
+    @property
+    def _surface_loss(self) -> RegionDiceBCEBoundaryLoss:
+        """``self.loss``, built by :meth:`_build_loss` in ``initialize`` (nnU-Net's ``__init__`` sets it to None,
+        unannotated, so a type checker reads it as always None)."""
+        return cast(RegionDiceBCEBoundaryLoss, self.loss)
+
     def _build_loss(self):
         if not self.label_manager.has_regions:
             raise RuntimeError(f"{type(self).__name__} needs region labels (dataset 223: masses and tumor regions)")
@@ -232,14 +242,14 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         w = float(self.boundary_schedule(self.current_epoch))
-        self.loss.boundary_weight = w
+        self._surface_loss.boundary_weight = w
         self._log("boundary_weights", w)
         self.print_to_log_file(f"boundary loss weight: {w:.4g}")
 
     def train_step(self, batch: dict) -> dict:
         out = super().train_step(batch)
-        out["region_loss"] = float(self.loss.last_region_loss)
-        out["boundary_loss"] = float(self.loss.last_boundary_loss)
+        out["region_loss"] = float(self._surface_loss.last_region_loss)
+        out["boundary_loss"] = float(self._surface_loss.last_boundary_loss)
         return out
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
@@ -250,7 +260,8 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
         b = float(np.nanmean(boundary)) if np.any(np.isfinite(boundary)) else math.nan
         self._log("train_region_losses", r)
         self._log("train_boundary_losses", b)
-        self.print_to_log_file(f"train region loss {r:.4f}, boundary loss {b:.4f} (weight {self.loss.boundary_weight:.4g})")
+        self.print_to_log_file(f"train region loss {r:.4f}, boundary loss {b:.4f} "
+                               f"(weight {self._surface_loss.boundary_weight:.4g})")
 
     # ----- binary mask channel
     @classmethod
@@ -258,8 +269,9 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
         return [c for c in cls.binary_input_channels if num_input_channels is None or c < num_input_channels]
 
     @classmethod
-    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
         network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                      num_output_channels, enable_deep_supervision)
         channels = cls._binary_channels(num_input_channels)
@@ -285,7 +297,13 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
         return binarize_first(transforms, cls._binary_channels())
 
 
-class _ShortSchedule:
+if TYPE_CHECKING:  # the schedule mixins below only ever come first in a trainer's bases: check them as trainers
+    _TrainerMixin = nnUNetTrainerKiTSBase
+else:
+    _TrainerMixin = object
+
+
+class _ShortSchedule(_TrainerMixin):
     """Defaults for CPU smoke tests and the demo, overridable by ``KITS_*`` (unlike the production trainers)."""
 
     honours_env_schedule = True

@@ -19,6 +19,7 @@ and gamma change its values, so most mask voxels stop being 0 or 1. Two pieces f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
@@ -108,7 +109,7 @@ class BinarizeInputChannels(nn.Module):
 
     @property
     def decoder(self) -> nn.Module:
-        return self.network.decoder
+        return cast(nn.Module, self.network.decoder)  # a submodule (Module.__getattr__ is typed Tensor | Module)
 
     def forward(self, x: torch.Tensor):
         if self.channels:

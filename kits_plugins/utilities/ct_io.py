@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -44,10 +45,11 @@ def nifti_first_nonfinite_slice(path: str | os.PathLike) -> int | None:
     """For a NIfTI file stored as floating point: the first slice (numpy axis 0 of SimpleITK's array, the
     file's last index axis) whose *stored* values hold NaN or inf; None if none or if stored as integers."""
     import nibabel as nib
+    from nibabel.arrayproxy import ArrayProxy
     from nibabel.openers import ImageOpener
 
-    try:
-        proxy = nib.load(str(path)).dataobj
+    try:  # nibabel types its result as any image file and the data as any array: here a NIfTI image's file proxy
+        proxy = cast(ArrayProxy, cast(nib.Nifti1Image, nib.load(str(path))).dataobj)
     except Exception as e:  # nibabel raises several types for unreadable headers
         raise KitsInputError(f"{path}: cannot read NIfTI header ({e})") from None
     dtype = np.dtype(proxy.dtype)

@@ -32,13 +32,13 @@ from kits_plugins.errors import KitsInputError
 try:  # ISA-L: CRC-32 about 3.5x and inflate about 2x faster than zlib here (benchmarks/gzip_check.py)
     from isal import isal_zlib as _fast_zlib
 except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same results, slower
-    _fast_zlib = None
+    _fast_zlib = None  # type: ignore[assignment]  # an optional module: None stands for "not installed"
 
 _crc32 = _fast_zlib.crc32 if _fast_zlib is not None else zlib.crc32
 _decompressobj = _fast_zlib.decompressobj if _fast_zlib is not None else zlib.decompressobj
 _INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error,)
 if _fast_zlib is not None:
-    _INFLATE_ERRORS += (_fast_zlib.error,)
+    _INFLATE_ERRORS += (_fast_zlib.error,)  # type: ignore[operator]  # isal's stub: an instance; it is the class
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_WBITS = 31  # zlib: gzip wrapper, 32 KB window

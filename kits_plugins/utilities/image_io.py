@@ -11,14 +11,27 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import SupportsFloat, SupportsInt, cast
 
 import numpy as np
 import SimpleITK as sitk
 
 from kits_plugins.errors import KitsInputError
 from kits_plugins.utilities import gzip_check, staging
+
+
+def float_triple(values: Iterable[SupportsFloat]) -> tuple[float, float, float]:
+    """``tuple(float(v) for v in values)``, typed as the 3-vector of a 3-D header (the length is not checked:
+    callers read 3-D images)."""
+    return cast("tuple[float, float, float]", tuple(float(v) for v in values))
+
+
+def int_triple(values: Iterable[SupportsInt]) -> tuple[int, int, int]:
+    """``tuple(int(v) for v in values)``, typed as a 3-D size or shape (the length is not checked)."""
+    return cast("tuple[int, int, int]", tuple(int(v) for v in values))
 
 
 @dataclass(frozen=True)
@@ -33,12 +46,12 @@ class Geometry:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Numpy array shape (reversed index order)."""
-        return tuple(int(s) for s in self.size[::-1])
+        return int_triple(self.size[::-1])
 
     @property
     def spacing_np(self) -> tuple[float, float, float]:
         """Spacing in numpy axis order (mm)."""
-        return tuple(float(s) for s in self.spacing[::-1])
+        return float_triple(self.spacing[::-1])
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -47,10 +60,10 @@ class Geometry:
     @classmethod
     def from_image(cls, image: sitk.Image) -> Geometry:
         return cls(
-            origin=tuple(float(v) for v in image.GetOrigin()),
-            spacing=tuple(float(v) for v in image.GetSpacing()),
+            origin=float_triple(image.GetOrigin()),
+            spacing=float_triple(image.GetSpacing()),
             direction=tuple(float(v) for v in image.GetDirection()),
-            size=tuple(int(v) for v in image.GetSize()),
+            size=int_triple(image.GetSize()),
         )
 
     def to_dict(self) -> dict:
@@ -64,10 +77,10 @@ class Geometry:
     @classmethod
     def from_dict(cls, d: dict) -> Geometry:
         return cls(
-            origin=tuple(float(v) for v in d["origin"]),
-            spacing=tuple(float(v) for v in d["spacing"]),
+            origin=float_triple(d["origin"]),
+            spacing=float_triple(d["spacing"]),
             direction=tuple(float(v) for v in d["direction"]),
-            size=tuple(int(v) for v in d["size"]),
+            size=int_triple(d["size"]),
         )
 
     def with_size(self, size_np: tuple[int, ...], start_np: tuple[int, ...] = (0, 0, 0)) -> Geometry:
@@ -76,10 +89,10 @@ class Geometry:
         d = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
         origin = np.asarray(self.origin) + d @ (index * np.asarray(self.spacing))
         return Geometry(
-            origin=tuple(float(v) for v in origin),
+            origin=float_triple(origin),
             spacing=self.spacing,
             direction=self.direction,
-            size=tuple(int(s) for s in size_np[::-1]),
+            size=int_triple(size_np[::-1]),
         )
 
     def matches(self, other: Geometry, atol: float = 1e-4) -> bool:
@@ -115,10 +128,10 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
     if reader.GetDimension() != 3:
         raise KitsInputError(f"{path}: expected a 3D image, got {reader.GetDimension()}D")
     return Geometry(
-        origin=tuple(float(v) for v in reader.GetOrigin()),
-        spacing=tuple(float(v) for v in reader.GetSpacing()),
+        origin=float_triple(reader.GetOrigin()),
+        spacing=float_triple(reader.GetSpacing()),
         direction=tuple(float(v) for v in reader.GetDirection()),
-        size=tuple(int(v) for v in reader.GetSize()),
+        size=int_triple(reader.GetSize()),
     )
 
 

@@ -19,10 +19,10 @@ from kits_plugins.constants import CYST, KIDNEY, TUMOR
 from kits_plugins.errors import KitsInputError
 
 # dataset.json labels (nnU-Net region syntax) and region order of each dataset.
-RAW_LABELS = {"background": 0, "kidney": (1, 2, 3), "masses": (2, 3), "tumor": 2}
+RAW_LABELS: dict[str, int | tuple[int, ...]] = {"background": 0, "kidney": (1, 2, 3), "masses": (2, 3), "tumor": 2}
 RAW_REGIONS_CLASS_ORDER = (1, 3, 2)
 BINARY_LABELS = {"background": 0, "kidney": 1}
-MASSES_LABELS = {"background": 0, "masses": (1, 2), "tumor": 1}
+MASSES_LABELS: dict[str, int | tuple[int, ...]] = {"background": 0, "masses": (1, 2), "tumor": 1}
 MASSES_REGIONS_CLASS_ORDER = (2, 1)
 MASSES_CHANNELS = {0: "CT", 1: "noNorm"}  # 'noNorm' -> nnU-Net's NoNormalization for the binary mask
 

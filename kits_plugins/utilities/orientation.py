@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+if TYPE_CHECKING:
+    from kits_plugins.utilities.image_io import Geometry
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -34,7 +38,7 @@ class Reorientation:
         return cls(io_orientation(affine))
 
     @classmethod
-    def from_geometry(cls, geometry) -> Reorientation:
+    def from_geometry(cls, geometry: Geometry) -> Reorientation:
         return cls.from_direction(geometry.direction, geometry.spacing)
 
     def to_nnunet(self, array: np.ndarray) -> np.ndarray:
@@ -50,13 +54,13 @@ class Reorientation:
         back = ornt_transform(axcodes2ornt("RAS"), self.ornt)
         return apply_orientation(array.transpose(), back).transpose()
 
-    def spacing_to_nnunet(self, spacing_np: Sequence[float]) -> tuple[float, ...]:
+    def spacing_to_nnunet(self, spacing_np: Sequence[float]) -> tuple[float, float, float]:
         """Spacing in file numpy order -> spacing in nnU-Net numpy order."""
         index_spacing = np.asarray(spacing_np, dtype=np.float64)[::-1]  # (i, j, k)
         ras = np.empty(3)
         for axis, (target, _flip) in enumerate(self.ornt):
             ras[int(target)] = index_spacing[axis]
-        return tuple(float(v) for v in ras[::-1])
+        return float(ras[2]), float(ras[1]), float(ras[0])
 
     @property
     def axis_map(self) -> tuple[tuple[int, bool], ...]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import cc3d
 import numpy as np
 
 Box = list[list[int]]
+Connectivity = Literal[6, 18, 26]  # 3-D neighbourhoods cc3d accepts: faces, + edges, + corners
 
 
 def bounding_box_to_slice(box: Box) -> tuple[slice, ...]:
@@ -29,7 +31,7 @@ def outer_box(mask: np.ndarray) -> Box | None:
     axis0 = np.flatnonzero(mask.any(axis=tuple(range(1, mask.ndim))))
     if axis0.size == 0:
         return None
-    plane = mask[axis0[0] : axis0[-1] + 1].any(axis=0)
+    plane = np.any(mask[axis0[0] : axis0[-1] + 1], axis=0)
     rest = [np.flatnonzero(plane.any(axis=tuple(a for a in range(plane.ndim) if a != k))) for k in range(plane.ndim)]
     return [[int(a[0]), int(a[-1]) + 1] for a in (axis0, *rest)]
 
@@ -50,9 +52,8 @@ def outer_slices(*arrays: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
 
 def mm_to_voxels(length_mm: float | Sequence[float], spacing: Sequence[float]) -> list[int]:
     """Smallest whole number of voxels per axis covering ``length_mm`` (per axis or one value)."""
-    if np.isscalar(length_mm):
-        length_mm = [float(length_mm)] * len(spacing)
-    return [int(math.ceil(float(m) / float(s) - 1e-9)) if m > 0 else 0 for m, s in zip(length_mm, spacing)]
+    lengths = length_mm if isinstance(length_mm, (Sequence, np.ndarray)) else [float(length_mm)] * len(spacing)
+    return [int(math.ceil(float(m) / float(s) - 1e-9)) if m > 0 else 0 for m, s in zip(lengths, spacing)]
 
 
 def box_shape(box: Box) -> tuple[int, ...]:
@@ -97,7 +98,7 @@ def pad_box_mm(box: Box, margin_mm: float | Sequence[float], spacing: Sequence[f
 
 
 def component_boxes(
-    mask: np.ndarray, spacing: Sequence[float], min_volume_mm3: float = 0.0, connectivity: int = 26
+    mask: np.ndarray, spacing: Sequence[float], min_volume_mm3: float = 0.0, connectivity: Connectivity = 26
 ) -> list[tuple[Box, int]]:
     """Tight boxes and voxel counts of the connected components of ``mask`` (largest first).
 

@@ -107,7 +107,7 @@ def is_stale(path: Path, now: float | None = None) -> bool:
 def remove_stale(folder: str | os.PathLike) -> list[Path]:
     """Remove the stale temporaries directly inside ``folder`` (files and folders); returns what was removed."""
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = [folder / e.name for e in os.scandir(folder) if e.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
