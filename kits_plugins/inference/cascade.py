@@ -24,6 +24,7 @@ Full-size arrays held: the CT (as stored) and the uint8 output.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -53,7 +54,7 @@ from kits_plugins.utilities.image_io import (
     read_label,
     write_image,
 )
-from kits_plugins.utilities.labels import combine_stage_outputs, decode_masses, masses_label_lut
+from kits_plugins.utilities.labels import combine_stage_outputs, decode_masses, kidney_mask, masses_label_lut
 from kits_plugins.utilities.orientation import Reorientation
 from kits_plugins.utilities.paths import child_path, refuse_overwriting_inputs
 from kits_plugins.utilities.staging import atomic_path
@@ -63,7 +64,10 @@ if TYPE_CHECKING:
 
     from kits_plugins.inference.model_discovery import StageModel
 
+logger = logging.getLogger(__name__)
 EMPTY_MASK_POLICIES = ("zeros", "whole")
+#: times a ROI is grown (by the margin, on the faces stage 222's mask touches) and stage 222 rerun
+DEFAULT_MAX_REGROW = 2
 TIMING_KEYS = ("read", "coarse", "fine", "masses", "postprocess", "write")
 
 
@@ -76,6 +80,7 @@ class CascadeResult:
     timings: dict[str, float]
     fallback: str | None = None
     probabilities: list[dict] = field(default_factory=list)  # per ROI, only with save_probabilities
+    regrown: list[dict] = field(default_factory=list)  # per ROI grown because stage 222's mask touched its face
 
     def info(self, case: str | None = None) -> dict:
         shape = self.segmentation.shape
@@ -87,6 +92,7 @@ class CascadeResult:
             "boxes": self.boxes,
             "roi_fraction": round(sum(roi.box_volume(b) for b in self.boxes) / float(np.prod(shape)), 5),
             "fallback": self.fallback,
+            "regrown": self.regrown,
         }
 
 
@@ -94,6 +100,8 @@ def timing_line(info: dict) -> str:
     """One readable line per case: seconds per step, ROIs and the share of the volume they cover."""
     steps = " ".join(f"{k} {info[k]:.1f}s" for k in TIMING_KEYS)
     extra = f" [{info['fallback']}]" if info.get("fallback") else ""
+    for g in info.get("regrown", []):
+        extra += f" [ROI {g['roi']} cut the kidney: grown at {g['faces']} and stage 222 rerun]"
     return (
         f"{info['case']}: {steps} | total {info['total']:.1f}s, {info['n_rois']} ROI(s) "
         f"= {100 * info['roi_fraction']:.1f}% of the volume{extra}"
@@ -160,6 +168,7 @@ class KiTSCascadePredictor:
         min_volume_mm3: dict | None = None,
         on_empty_mask: str = "zeros",
         save_probabilities: bool = False,
+        max_regrow: int = DEFAULT_MAX_REGROW,
     ):
         if on_empty_mask not in EMPTY_MASK_POLICIES:
             raise ValueError(f"on_empty_mask must be one of {EMPTY_MASK_POLICIES}, got {on_empty_mask!r}")
@@ -170,6 +179,9 @@ class KiTSCascadePredictor:
         self.min_volume_mm3 = min_volume_mm3
         self.on_empty_mask = on_empty_mask
         self.save_probabilities = save_probabilities
+        if max_regrow < 0:
+            raise ValueError(f"max_regrow must be >= 0, got {max_regrow}")
+        self.max_regrow = int(max_regrow)
         self._masses_labels = nnp.dataset_json(masses)["labels"] if masses is not None else None
         if self._masses_labels is not None:
             masses_label_lut(self._masses_labels)  # a dataset.json without 'tumor' fails here, not per ROI
@@ -283,42 +295,68 @@ class KiTSCascadePredictor:
         spacing_nn = r.spacing_to_nnunet(spacing)
         seg = np.zeros(ct.shape, dtype=np.uint8)
         probabilities = []
+        regrown: list[dict] = []
         timings["fine"] = timings["masses"] = 0.0
-        for k, box in enumerate(boxes):
-            labels_nn, probs = self._predict_roi(r.to_nnunet(roi.crop(ct, box)), spacing_nn, timings)
-            roi.paste(seg, r.from_nnunet(labels_nn), box)
+        for k, first in enumerate(boxes):
+            box, ct_nn, fine_mask_nn, fine_prob, grown = self._fine_stage(ct, first, r, spacing, spacing_nn, timings)
+            if grown:
+                regrown.append({"roi": k, "from": first, "to": box, "faces": grown})
+                logger.info("ROI %d %s: stage 222's mask touched inner faces %s; grown to %s", k, first, grown, box)
+                boxes[k] = box
+            labels_nn, probs = self._masses_stage(ct_nn, fine_mask_nn, fine_prob, spacing_nn, timings)
+            patch = r.from_nnunet(labels_nn)
+            np.copyto(roi.crop(seg, box), patch, where=patch > 0)  # a grown box may overlap another ROI
             if probs is not None:
-                probabilities.append({"roi": k, "box": box, **{name: r.from_nnunet(p) for name, p in probs.items()}})
+                probabilities.append({"roi": k, "box": box, **{
+                    name: None if p is None else r.from_nnunet(p) for name, p in probs.items()}})
 
         if self.postprocess:
             t = time.perf_counter()
             seg = self._postprocess(seg, spacing)
             timings["postprocess"] = time.perf_counter() - t
-        return CascadeResult(seg, boxes, timings, fallback, probabilities)
+        return CascadeResult(seg, boxes, timings, fallback, probabilities, regrown)
 
-    def _predict_roi(self, ct_nn: np.ndarray, spacing_nn: Sequence[float], timings: dict[str, float]):
-        """Stages 222 and 223 on one ROI in nnU-Net order; combined labels (+ float16 probabilities)."""
+    def _fine_stage(
+        self, ct: np.ndarray, box: roi.Box, r: Reorientation, spacing_np: Sequence[float],
+        spacing_nn: Sequence[float], timings: dict[str, float],
+    ) -> tuple[roi.Box, np.ndarray, np.ndarray, np.ndarray | None, list[list[roi.Face]]]:
+        """Stage 222 on the ROI ``box`` (file order). When its mask touches an inner face of the box (the coarse
+        box cut the kidney), those faces move out by the margin and 222 runs again, at most ``max_regrow`` times.
+        Returns the final box, its CT crop and binary mask in nnU-Net order (float32 / bool), the probabilities
+        (with ``save_probabilities``) and the faces grown at each round."""
         t = time.perf_counter()
-        want = self.save_probabilities
-        ct_nn = np.asarray(ct_nn, dtype=np.float32)  # ROI-sized; the CT itself stays as stored
-        fine_seg, fine_prob = _predict(self.fine, ct_nn[None], spacing_nn, want)
-        fine_mask = fine_seg > 0
-        del fine_seg
+        grown: list[list[roi.Face]] = []
+        while True:
+            ct_nn = np.asarray(r.to_nnunet(roi.crop(ct, box)), dtype=np.float32)  # ROI-sized; the CT stays as stored
+            fine_seg, fine_prob = _predict(self.fine, ct_nn[None], spacing_nn, self.save_probabilities)
+            mask_nn = kidney_mask(fine_seg).view(bool)
+            faces = roi.inner_faces_touched(r.from_nnunet(mask_nn), box, ct.shape)
+            if not faces or len(grown) >= self.max_regrow:
+                break
+            grown.append(faces)
+            box = roi.grow_faces(box, faces, self.margin_mm, spacing_np, ct.shape)
         timings["fine"] += time.perf_counter() - t
+        return box, ct_nn, mask_nn, fine_prob, grown
 
+    def _masses_stage(
+        self, ct_nn: np.ndarray, fine_mask: np.ndarray, fine_prob: np.ndarray | None, spacing_nn: Sequence[float],
+        timings: dict[str, float],
+    ) -> tuple[np.ndarray, dict[str, np.ndarray | None] | None]:
+        """Stage 223 on one ROI (nnU-Net order) from the CT crop and the fine mask; combined KiTS labels
+        (+ float16 probabilities of both stages with ``save_probabilities``)."""
         t = time.perf_counter()
         probs: dict[str, np.ndarray | None] | None = None
         if fine_mask.any():
             image = np.stack([ct_nn, fine_mask.astype(np.float32)])
-            masses_seg, masses_prob = _predict(self.masses, image, spacing_nn, want)
+            masses_seg, masses_prob = _predict(self.masses, image, spacing_nn, self.save_probabilities)
             del image
             assert self._masses_labels is not None  # read from self.masses, which just ran
             labels = combine_stage_outputs(fine_mask, decode_masses(masses_seg, self._masses_labels))
-            if fine_prob is not None and masses_prob is not None:  # i.e. want
+            if fine_prob is not None and masses_prob is not None:  # i.e. save_probabilities
                 probs = {"fine": fine_prob.astype(np.float16), "masses": masses_prob.astype(np.float16)}
         else:  # nothing for 223 to subdivide
             labels = np.zeros(fine_mask.shape, dtype=np.uint8)
-            if fine_prob is not None:  # i.e. want
+            if fine_prob is not None:  # i.e. save_probabilities
                 probs = {"fine": fine_prob.astype(np.float16), "masses": None}
         timings["masses"] += time.perf_counter() - t
         return labels, probs

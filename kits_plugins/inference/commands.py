@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from kits_plugins.constants import DEFAULT_MARGIN_MM, DEFAULT_MIN_ROI_VOLUME_MM3, PLANS_NAME
-from kits_plugins.utilities.arguments import fold, non_negative_float, step_fraction
+from kits_plugins.utilities.arguments import fold, non_negative_float, non_negative_int, step_fraction
 
 
 def _add_roi_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +56,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-empty-mask", choices=["zeros", "whole"], default="zeros",
                         help="empty coarse mask: write an all-zero map (default) or run the fine stages on the "
                              "whole image; both warn")
+    parser.add_argument("--max-regrow", type=non_negative_int, default=2,
+                        help="when stage 222's mask touches an inner face of its ROI (the coarse box cut the kidney), "
+                             "grow the box by the margin on that side and rerun 222, at most this often (default 2; "
+                             "0 disables)")
     parser.add_argument("--no-postprocess", action="store_true", help="skip kits_plugins.postprocessing")
 
 
@@ -75,7 +79,7 @@ def run_predict(args: argparse.Namespace) -> int:
         models, results=args.results, device=args.device, step_size=args.step_size,
         use_mirroring=not args.disable_tta, load_coarse=args.coarse_masks is None,
         margin_mm=args.margin_mm, min_roi_volume_mm3=args.min_roi_volume_mm3,
-        postprocess=not args.no_postprocess, on_empty_mask=args.on_empty_mask,
+        postprocess=not args.no_postprocess, on_empty_mask=args.on_empty_mask, max_regrow=args.max_regrow,
         save_probabilities=args.save_probabilities, trust_checkpoints=args.trust_checkpoints,
     )
     infos = predictor.predict(args.input, args.output, coarse_masks=args.coarse_masks)

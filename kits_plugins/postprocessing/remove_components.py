@@ -9,9 +9,12 @@ Rules, applied in this order on a uint8 map with labels 0 background, 1 kidney, 
 2. **Outside the kidneys.** With ``remove_outside_kidney`` (default), a foreground component without any
    kidney voxel, i.e. tumor/cyst that touches no kept kidney voxel even through other masses, is set to 0.
 3. **Small masses.** 26-connected components of tumor (label 2) and of cyst (label 3), each label
-   separately, smaller than ``min_volume_mm3[2]`` / ``[3]`` are removed. Their voxels become kidney (1) when
-   they lie in a kept kidney component (they are inside the organ, so the kidney_and_mass region does not
-   change) and background (0) otherwise (only possible with ``remove_outside_kidney=False``).
+   separately, smaller than ``min_volume_mm3[2]`` / ``[3]`` are relabelled. A small component is decided at the
+   mass level: when the mass it belongs to (tumor and cyst together, 26-connected) also holds kept voxels of
+   the other mass label, it takes that label (a small tumor fragment on a cyst becomes cyst: the mass keeps
+   its extent instead of getting a kidney-labelled hole). Otherwise its voxels become kidney (1) when they lie
+   in a kept kidney component (inside the organ, so the kidney_and_mass region does not change) and background
+   (0) otherwise (only possible with ``remove_outside_kidney=False``).
 
 Sizes are given in mm3 and converted to voxel counts with the voxel volume of the map being processed, so
 the same defaults mean the same physical size at any spacing (connectivity and voxel volume do not depend
@@ -154,25 +157,46 @@ def _postprocess_crop(
     # Kidney components that are kept (a relabelled small mass inside one becomes kidney).
     in_kidney = has_kidney & ~drop
 
-    # Rule 3: small tumor and cyst components, each label separately (cc3d.dust finds them).
-    for label, reason in ((TUMOR, "small_tumor"), (CYST, "small_cyst")):
+    # Rule 3: small tumor and cyst components, each label separately (cc3d.dust finds them), all decided on the
+    # map as rules 1 and 2 left it.
+    smalls: dict[int, np.ndarray] = {}
+    for label in (TUMOR, CYST):
         threshold = min_voxels.get(label, 0)
-        if threshold <= 1:
-            continue
         mask = crop == label
-        if not mask.any():
+        if threshold <= 1 or not mask.any():
             continue
-        components, n = cc3d.connected_components(mask, connectivity=CONNECTIVITY, return_N=True)
+        components = cc3d.connected_components(mask, connectivity=CONNECTIVITY)
         small_only = cc3d.dust(components, threshold=threshold, connectivity=CONNECTIVITY, precomputed_ccl=True,
                                invert=True)
-        if not small_only.any():
+        if small_only.any():
+            smalls[label] = small_only
+    if not smalls:
+        return removed
+    # The mass (tumor + cyst, 26-connected) each small component belongs to, and which masses hold kept voxels
+    # of each label: a small tumor inside a mass with a kept cyst becomes cyst (and vice versa), not kidney.
+    mass_ids, n_masses = cc3d.connected_components(crop >= TUMOR, connectivity=CONNECTIVITY, return_N=True)
+    mass_has: dict[int, np.ndarray] = {}
+    for label in (TUMOR, CYST):
+        kept = crop == label
+        if label in smalls:
+            kept &= smalls[label] == 0
+        mass_has[label] = np.zeros(n_masses + 1, dtype=bool)
+        mass_has[label][mass_ids[kept]] = True
+    for label, reason in ((TUMOR, "small_tumor"), (CYST, "small_cyst")):
+        if label not in smalls:
             continue
-        ids, counts = np.unique(small_only[small_only != 0], return_counts=True)
-        # Each small component lies inside exactly one organ component: map it through any of its voxels.
+        small_only = smalls[label]
+        other = CYST if label == TUMOR else TUMOR
         sel = small_only != 0
-        organ_of = np.zeros(n + 1, dtype=organs.dtype)
+        ids, counts = np.unique(small_only[sel], return_counts=True)
+        # Each small component lies inside exactly one organ and one mass component: map it through any voxel.
+        organ_of = np.zeros(int(ids.max()) + 1, dtype=organs.dtype)
         organ_of[small_only[sel]] = organs[sel]
-        new_label_of = np.where(in_kidney[organ_of], KIDNEY, BACKGROUND).astype(np.uint8)
+        mass_of = np.zeros(int(ids.max()) + 1, dtype=mass_ids.dtype)
+        mass_of[small_only[sel]] = mass_ids[sel]
+        new_label_of = np.where(
+            mass_has[other][mass_of], other, np.where(in_kidney[organ_of], KIDNEY, BACKGROUND)
+        ).astype(np.uint8)
         crop[sel] = new_label_of[small_only[sel]]
         for cid, cnt in zip(ids, counts):
             removed.append(

@@ -52,6 +52,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (retry counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative (must be >= 0)")
+    return value
+
+
 def fold(text: str) -> int | str:
     """An nnU-Net fold: a non-negative integer or ``all``."""
     if text == "all":

@@ -186,3 +186,45 @@ def covers(boxes: Sequence[Box], mask: np.ndarray) -> bool:
     for box in boxes:
         rest[bounding_box_to_slice(box)] = False
     return not rest.any()
+
+
+#: a face of a box: (axis, side), side 0 the low face (index ``start``), 1 the high face (``stop - 1``)
+Face = tuple[int, int]
+
+
+def inner_faces_touched(mask_crop: np.ndarray, box: Box, shape: Sequence[int]) -> list[Face]:
+    """Faces of ``box`` (on an image of ``shape``) that the nonzero voxels of ``mask_crop`` (the box's crop)
+    touch, leaving out faces that lie on the image border: there the object may end at the border, but an
+    inner face it touches cut it."""
+    faces = []
+    for axis, ((a, b), n) in enumerate(zip(box, shape)):
+        for side, (index, at_border) in enumerate(((0, a == 0), (b - a - 1, b == int(n)))):
+            if not at_border and np.take(mask_crop, index, axis=axis).any():
+                faces.append((axis, side))
+    return faces
+
+
+def grow_faces(box: Box, faces: Sequence[Face], margin_mm: float, spacing: Sequence[float], shape: Sequence[int]) -> Box:
+    """``box`` with each face in ``faces`` moved outwards by ``margin_mm`` (whole voxels, at least one), clamped
+    to the image of ``shape``."""
+    out = [[int(a), int(b)] for a, b in box]
+    for axis, side in faces:
+        step = max(1, mm_to_voxels(margin_mm, [spacing[axis]])[0])
+        if side == 0:
+            out[axis][0] = max(0, out[axis][0] - step)
+        else:
+            out[axis][1] = min(int(shape[axis]), out[axis][1] + step)
+    return out
+
+
+def truncate_box(box: Box, face: Face, depth: int) -> Box:
+    """``box`` with one face (``(axis, side)``, see :data:`Face`) moved inward by ``depth`` voxels, the other five
+    kept: a training crop that, like a ROI from a coarse under-segmentation, cuts through the kidney. At least one
+    voxel must remain on that axis."""
+    axis, side = face
+    a, b = int(box[axis][0]), int(box[axis][1])
+    if side not in (0, 1) or depth < 1 or depth >= b - a:
+        raise ValueError(f"cannot truncate face {face} of {box} by {depth} voxels (1 to {b - a - 1} possible)")
+    out = [[int(lo), int(hi)] for lo, hi in box]
+    out[axis] = [a + depth, b] if side == 0 else [a, b - depth]
+    return out

@@ -208,3 +208,35 @@ def test_missing_coarse_mask_is_reported_before_any_work(tmp_path):
     (tmp_path / "masks").mkdir()
     with pytest.raises(KitsInputError, match="mask for case_00001 not found"):
         prediction_jobs(tmp_path / "in", tmp_path / "out", coarse_masks=tmp_path / "masks")
+
+
+def test_a_box_that_cuts_the_kidney_is_grown_and_stage_222_rerun(results, make_case):
+    ct, lab, g = make_case()  # kidney 1 spans rows 4..13 of axis 0 (3 mm), the margin 4.5 mm is 2 rows
+    cut = [[2, 13], [2, 14], [1, 12]]  # stops one row short of the kidney's end: an inner face cuts it
+    pred = KiTSCascadePredictor.from_results(results=results, load_coarse=False, margin_mm=4.5, postprocess=False,
+                                             save_probabilities=True)
+    res = pred.predict_array(ct, g, boxes=[cut])
+    assert res.boxes == [[[2, 15], [2, 14], [1, 12]]]
+    assert res.regrown == [{"roi": 0, "from": cut, "to": [[2, 15], [2, 14], [1, 12]], "faces": [[(0, 1)]]}]
+    box = res.boxes[0]
+    assert np.array_equal(roi.crop(res.segmentation, box), roi.crop(lab, box))  # the whole kidney, not cut
+    assert res.probabilities[0]["box"] == box and res.probabilities[0]["fine"].shape[1:] == roi.box_shape(box)
+    assert "ROI 0 cut the kidney" in timing_line(res.info("c"))
+    # at most max_regrow rounds: one round is not enough for a box cut 4 rows short
+    once = KiTSCascadePredictor.from_results(results=results, load_coarse=False, margin_mm=4.5, postprocess=False,
+                                             max_regrow=1).predict_array(ct, g, boxes=[[[2, 10], [2, 14], [1, 12]]])
+    assert once.boxes == [[[2, 12], [2, 14], [1, 12]]] and [r["faces"] for r in once.regrown] == [[[(0, 1)]]]
+    assert np.array_equal(once.segmentation[12:], np.zeros_like(once.segmentation[12:]))
+    # a kidney ending at the image border is not a cut; max_regrow=0 switches the rule off
+    off = KiTSCascadePredictor.from_results(results=results, load_coarse=False, margin_mm=4.5, postprocess=False,
+                                            max_regrow=0).predict_array(ct, g, boxes=[cut])
+    assert off.boxes == [cut] and off.regrown == []
+
+
+def test_empty_fine_mask_with_probabilities(results, make_case):
+    ct, lab, g = make_case()
+    pred = KiTSCascadePredictor.from_results(results=results, load_coarse=False, postprocess=False,
+                                             save_probabilities=True)
+    res = pred.predict_array(ct, g, boxes=[[[30, 36], [0, 6], [0, 4]]])  # background only
+    assert not res.segmentation.any() and res.probabilities[0]["masses"] is None
+    assert res.probabilities[0]["fine"].shape[1:] == (6, 6, 4)

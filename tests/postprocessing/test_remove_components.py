@@ -139,6 +139,32 @@ def test_small_cyst_relabelled_kidney_large_kept(base_map):
     assert [(r.reason, r.label, r.voxels) for r in rep.removed] == [("small_cyst", 3, 4)]
 
 
+def test_small_tumor_on_a_kept_cyst_joins_the_cyst_not_the_kidney(base_map):
+    seg = base_map()
+    seg[6:9, 6:9, 6:9] = 3  # a kept cyst (27 voxels)
+    seg[9, 6:9, 6:8] = 2  # a 6-voxel tumor fragment on its face: same mass, below 27 mm3
+    seg[13, 13, 13] = 2  # a lone 1-voxel tumor speck inside the kidney: still kidney
+    seg[6:8, 13:15, 13] = 3  # a small cyst (4 voxels) on a kept tumor becomes tumor
+    seg[6:9, 13:16, 14:16] = 2  # a kept tumor (18 voxels, threshold 7)
+    out, rep = postprocess_with_report(seg, ISO, {1: 1000.0, 2: 7.0, 3: 8.0})
+    assert np.all(out[9, 6:9, 6:8] == 3)  # no kidney-labelled hole in the mass
+    assert out[13, 13, 13] == 1
+    assert np.all(out[6:8, 13:15, 13] == 2) and np.all(out[6:9, 13:16, 14:16] == 2)
+    assert sorted((r.reason, r.voxels, r.new_label) for r in rep.removed) == [
+        ("small_cyst", 4, 2), ("small_tumor", 1, 1), ("small_tumor", 6, 3)]
+    seg[13, 13, 13] = 1  # the lone speck aside, every mass keeps its extent
+    assert np.array_equal(out > 0, seg > 0) and np.array_equal(out >= 2, seg >= 2)
+
+
+def test_two_small_masses_touching_each_other_both_become_kidney(base_map):
+    seg = base_map()
+    seg[6:8, 6:8, 6] = 2  # 4 voxels
+    seg[6:8, 6:8, 7] = 3  # 4 voxels, touching: neither is kept, so neither gives its label
+    out, rep = postprocess_with_report(seg, ISO, {1: 1000.0, 2: 27.0, 3: 8.0})
+    assert np.all(out[6:8, 6:8, 6:8] == 1)
+    assert sorted((r.reason, r.new_label) for r in rep.removed) == [("small_cyst", 1), ("small_tumor", 1)]
+
+
 def test_small_mass_outside_kidney_becomes_background_with_keep_outside(base_map):
     seg = base_map()
     seg[30:32, 30:32, 30:32] = 2  # 8 voxels outside: with --keep-outside only the size rule removes it

@@ -45,3 +45,17 @@ def test_roi_boxes_equal_brute_force(seed, kidneys_with_tumors):
     where = np.nonzero(mask)
     assert roi.outer_box(mask) == [[int(w.min()), int(w.max()) + 1] for w in where]
     assert roi.outer_box(np.zeros(shape, bool)) is None and roi.roi_boxes(np.zeros(shape, bool), spacing, 5, 0) == []
+
+
+def test_inner_faces_touched_ignores_the_image_border_and_grow_faces_clamps():
+    from kits_plugins.utilities.roi import grow_faces, inner_faces_touched
+
+    shape = (20, 20, 20)
+    box = [[0, 10], [5, 15], [5, 20]]  # low face of axis 0 and high face of axis 2 lie on the image border
+    mask = np.zeros((10, 10, 15), np.uint8)
+    mask[0, 3, 3] = mask[9, 3, 3] = mask[4, 0, 3] = mask[4, 3, 14] = 1
+    assert inner_faces_touched(mask, box, shape) == [(0, 1), (1, 0)]
+    assert inner_faces_touched(np.zeros_like(mask), box, shape) == []
+    grown = grow_faces(box, [(0, 1), (1, 0)], 4.5, (3.0, 1.0, 1.0), shape)
+    assert grown == [[0, 12], [0, 15], [5, 20]]  # 4.5 mm = 2 rows of 3 mm; 5 columns of 1 mm, clamped at 0
+    assert grow_faces(box, [(0, 1)], 0.0, (3.0, 1.0, 1.0), shape) == [[0, 11], [5, 15], [5, 20]]  # at least one
