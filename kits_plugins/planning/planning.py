@@ -15,7 +15,10 @@ afterwards): nnU-Net's ``plan_experiment_dataset`` with the package's planner cl
   building the plans and writing them.
 
 Binary mask input channels (223's kidney mask, channel 1) are not normalized because the stage datasets name
-them ``noNorm`` in dataset.json. ``check_plans`` verifies all of it after planning; a violation is an error.
+them ``noNorm`` in dataset.json. 223's CT (channel 0) is normalized with the intensity statistics over its
+kidney+masses mask channel, as 222's CT is over its kidney+masses label, not with nnU-Net's statistics over 223's
+label (tumor and cyst only): both stages see the same ROI through the same CT window. ``check_plans`` verifies all
+of it after planning; a violation is an error.
 
 Spacings are in nnU-Net's numpy axis order. The stage datasets declare ``NibabelIOWithReorient``, so the
 three numbers are (superior-inferior, anterior-posterior, right-left) in mm.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -46,6 +49,13 @@ FALLBACK_CONFIGURATIONS: tuple[str, ...] = ("3d_fullres",)
 # Input channels that hold binary masks (dataset id -> channel indices): named noNorm in dataset.json, so
 # nnU-Net does not normalize them; check_plans verifies it.
 MASK_CHANNELS: dict[int, tuple[int, ...]] = {MASSES_DATASET_ID: (1,)}
+
+# The CT input channel of every stage dataset.
+CT_CHANNEL = 0
+# Datasets whose CT intensity statistics (CTNormalization's clipping window, mean and std) are taken over an input
+# mask channel instead of the label (dataset id -> mask channel): 223's labels mark only tumor and cyst, its mask
+# channel kidney+masses, the voxels 222's label marks in the same crops.
+INTENSITY_MASK_CHANNEL: dict[int, int] = {MASSES_DATASET_ID: 1}
 
 # Factor applied to the target spacing for the coarse configuration when nnU-Net plans none and no
 # explicit coarse spacing is given.
@@ -96,15 +106,32 @@ def plans_file(dataset_id: int, plans_name: str = PLANS_NAME) -> Path:
     return pre / dataset_name(dataset_id) / f"{plans_name}.json"
 
 
+def check_intensity_properties(plans: dict, intensity_properties: Mapping[int, Mapping[str, float]]) -> list[str]:
+    """Problems of the plans' foreground intensity properties (what CTNormalization clips and z-scores with)
+    against the expected ones per channel (empty list: all equal)."""
+    problems = []
+    in_plans = plans.get("foreground_intensity_properties_per_channel", {})
+    for channel, want in intensity_properties.items():
+        have = in_plans.get(str(channel))
+        if have is None or {k: float(v) for k, v in have.items()} != {k: float(v) for k, v in want.items()}:
+            problems.append(f"channel {channel} intensity properties {have} != {dict(want)}")
+    return problems
+
+
 def check_plans(
-    plans: dict, target_spacing: Sequence[float], require_coarse: bool = False, mask_channels: Sequence[int] = ()
+    plans: dict,
+    target_spacing: Sequence[float],
+    require_coarse: bool = False,
+    mask_channels: Sequence[int] = (),
+    intensity_properties: Mapping[int, Mapping[str, float]] | None = None,
 ) -> list[str]:
     """Problems of a plans dict against the package's rules (empty list: all good).
 
     ``require_coarse``: the coarse stage's rules (a 3d_lowres, no in-dataset cascade). ``mask_channels``:
-    input channels that must not be normalized.
+    input channels that must not be normalized. ``intensity_properties``: the foreground intensity properties
+    some channels must have (223's CT: the kidney+masses statistics).
     """
-    problems = []
+    problems = check_intensity_properties(plans, intensity_properties or {})
     target_t = transposed(target_spacing, plans["transpose_forward"])
     configs = plans["configurations"]
     if "3d_fullres" in configs and not np.allclose(configs["3d_fullres"]["spacing"], target_t, atol=1e-6):
@@ -182,6 +209,23 @@ def _planner_safe_environment():
             os.environ["nnUNet_n_proc_DA"] = old
 
 
+def intensity_properties_for(dataset_id: int, num_processes: int) -> dict[int, dict[str, float]]:
+    """Channel -> foreground intensity properties that replace nnU-Net's for ``dataset_id`` (empty: none).
+
+    223: its CT over its own kidney+masses mask channel with nnU-Net's fingerprint code, so 223 plans on its own
+    (no dependency on 222's planning) and gets 222's statistics exactly when its mask is the ground truth.
+    """
+    from kits_plugins.planning.planner import mask_foreground_intensity_properties
+
+    if dataset_id not in INTENSITY_MASK_CHANNEL:
+        return {}
+    mask_channel = INTENSITY_MASK_CHANNEL[dataset_id]
+    properties = mask_foreground_intensity_properties(dataset_id, CT_CHANNEL, mask_channel, num_processes)
+    print(f"{dataset_name(dataset_id)}: channel {CT_CHANNEL} intensity properties over input channel {mask_channel} "
+          f"(kidney+masses): " + ", ".join(f"{k} {v:.6g}" for k, v in properties.items()))
+    return {CT_CHANNEL: properties}
+
+
 def plan_dataset(
     dataset_id: int,
     target_spacing: Sequence[float] = TARGET_SPACING,
@@ -205,18 +249,21 @@ def plan_dataset(
     dataset_name(dataset_id)
     extract_fingerprints([dataset_id], num_processes=num_processes, clean=True, verbose=verbose,
                          show_progress_bar=verbose)
+    intensities = intensity_properties_for(dataset_id, num_processes)
     path = plans_file(dataset_id, plans_name)
     # nnU-Net keeps configurations of an existing plans file that it did not plan itself (a 3d_lowres of an
     # earlier run): start from scratch so re-planning with other spacings or widths never mixes plans.
     path.unlink(missing_ok=True)
     is_coarse = dataset_id == COARSE_DATASET_ID
     planner = partial(nnUNetPlannerKiTS, network_width=network_width, keep_nnunet_lowres=coarse_spacing is None,
-                      coarse_spacing=coarse_spacing_for(target_spacing, coarse_spacing) if is_coarse else None)
-    with _planner_safe_environment():
-        plan_experiment_dataset(dataset_id, planner, gpu_memory_target_in_gb=gpu_memory_target_gb,
+                      coarse_spacing=coarse_spacing_for(target_spacing, coarse_spacing) if is_coarse else None,
+                      intensity_properties=intensities)
+    with _planner_safe_environment():  # nnU-Net only calls the class: a partial with our options fits
+        plan_experiment_dataset(dataset_id, planner,  # type: ignore[arg-type]  # typed as type[ExperimentPlanner]
+                                gpu_memory_target_in_gb=gpu_memory_target_gb,
                                 overwrite_target_spacing=target_spacing, overwrite_plans_name=plans_name)
     problems = check_plans(load_json(path), target_spacing, require_coarse=is_coarse,
-                           mask_channels=MASK_CHANNELS.get(dataset_id, ()))
+                           mask_channels=MASK_CHANNELS.get(dataset_id, ()), intensity_properties=intensities)
     if problems:
         raise RuntimeError(f"{path}: plans do not satisfy the package's rules: {'; '.join(problems)}")
     return path

@@ -1,9 +1,13 @@
-"""`kits plan`: target spacing, third-order image resampling, mask channels and the coarse configuration."""
+"""`kits plan`: target spacing, third-order image resampling, mask channels, the CT intensity window of the ROI
+stages and the coarse configuration."""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,7 @@ from kits_plugins.planning.planner import (
 from kits_plugins.planning.planning import (
     check_plans,
     coarse_spacing_for,
+    dataset_name,
     plan_and_preprocess,
     preprocessed_spacing,
     transposed,
@@ -29,6 +34,36 @@ from kits_plugins.utilities.image_io import read_geometry
 from kits_plugins.utilities.orientation import Reorientation
 
 torch.set_num_threads(1)
+
+# Planning target and coarse spacing of the module's planned tiny datasets.
+TARGET, COARSE = (2.0, 1.5, 1.5), (6.0, 4.5, 4.5)
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """Tiny 221, 222 and 223 planned once with ``nnUNetPlannerKiTS`` (not preprocessed): ``{id: plans}``.
+
+    nnUNet_raw / nnUNet_preprocessed stay set for the module. 222 and 223 are written with the same seed, so they
+    hold the same CT crops and 223's mask channel equals 222's label (as ``kits derive-stages`` writes them from the
+    ground truth). A small GPU memory target makes nnU-Net plan its own 3d_lowres and in-dataset cascade for 221,
+    which the planner must replace by the requested coarse spacing and drop.
+    """
+    root = tmp_path_factory.mktemp("planned")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("nnUNet_raw", str(root / "raw"))
+        mp.setenv("nnUNet_preprocessed", str(root / "pre"))
+        write_tiny_stage_dataset(root / "raw", 221, num_cases=2, shape=(64, 64, 48), spacing=(2.5, 1.5, 1.5))
+        for d in (222, 223):
+            write_tiny_stage_dataset(root / "raw", d, num_cases=2)
+        out = plan_and_preprocess([221, 222, 223], target_spacing=TARGET, num_processes=1, coarse_spacing=COARSE,
+                                  gpu_memory_target_gb=0.05, preprocess=False)
+        yield {d: json.loads(p.read_text()) for d, p in out.items()}
+
+
+def _fingerprint(dataset_id: int) -> dict:
+    """nnU-Net's dataset_fingerprint.json of a planned dataset (the module's nnUNet_preprocessed)."""
+    path = Path(os.environ["nnUNet_preprocessed"]) / dataset_name(dataset_id) / "dataset_fingerprint.json"
+    return json.loads(path.read_text())
 
 
 def _plans(transpose=(0, 1, 2)) -> dict:
@@ -69,6 +104,19 @@ def test_check_plans_flags_each_rule():
     assert check_plans(plans, target, require_coarse=True) == []
     del plans["configurations"]["3d_lowres"]
     assert check_plans(plans, target, require_coarse=True) == ["no 3d_lowres configuration for the coarse stage"]
+
+
+def test_check_plans_flags_other_intensity_properties():
+    ct = {"max": 238.0, "mean": 158.37, "median": 166.0, "min": -29.0, "percentile_00_5": -10.0,
+          "percentile_99_5": 214.0, "std": 39.92}
+    plans = {"transpose_forward": [0, 1, 2], "configurations": {},
+             "foreground_intensity_properties_per_channel": {"0": dict(ct), "1": {"mean": 1.0}}}
+    assert check_plans(plans, (1, 1, 1), intensity_properties={0: ct}) == []
+    assert check_plans(plans, (1, 1, 1), intensity_properties={0: {**ct, "mean": np.float64(158.37)}}) == []
+    masses_only = {**ct, "percentile_99_5": 142.0}  # the window of 223's tumor and cyst voxels clips the cortex
+    assert check_plans(plans, (1, 1, 1), intensity_properties={0: masses_only}) == [
+        f"channel 0 intensity properties {ct} != {masses_only}"]
+    assert check_plans(plans, (1, 1, 1), intensity_properties={2: ct}) == [f"channel 2 intensity properties None != {ct}"]
 
 
 def test_check_plans_respects_transpose():
@@ -125,8 +173,6 @@ def test_kits_plan_coarse_stage_gets_lowres_at_requested_spacing(tmp_path, monke
     out = capsys.readouterr().out
     assert "3d_lowres at (4.0, 3.0, 3.0) mm (requested)" in out
 
-    import json
-
     dataset = pre / folder.name
     plans = json.loads((dataset / "kitsPlans.json").read_text())
     cfgs = plans["configurations"]
@@ -164,24 +210,11 @@ def test_kits_plan_coarse_stage_gets_lowres_at_requested_spacing(tmp_path, monke
         assert set(np.unique(seg[:])) <= {0, 1}
 
 
-def test_planner_plans_follow_the_package_rules(tmp_path, monkeypatch):
-    """Plan a tiny 221 and 223 with ``nnUNetPlannerKiTS`` (through nnU-Net's ``plan_experiment_dataset``).
-
-    A small GPU memory target makes nnU-Net plan its own 3d_lowres and in-dataset cascade for 221, which the
-    planner must replace by the requested coarse spacing and drop.
-    """
-    import json
-
-    raw, pre = tmp_path / "raw", tmp_path / "pre"
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    write_tiny_stage_dataset(raw, 221, num_cases=2, shape=(64, 64, 48), spacing=(2.5, 1.5, 1.5))
-    write_tiny_stage_dataset(raw, 223, num_cases=2)
-    target, coarse = (2.0, 1.5, 1.5), (6.0, 4.5, 4.5)
-    out = plan_and_preprocess([221, 223], target_spacing=target, num_processes=1, coarse_spacing=coarse,
-                              gpu_memory_target_gb=0.05, preprocess=False)
-    plans = {d: json.loads(p.read_text()) for d, p in out.items()}
+def test_planner_plans_follow_the_package_rules(planned):
+    """The planned tiny 221, 222 and 223 (``nnUNetPlannerKiTS`` through nnU-Net's ``plan_experiment_dataset``)."""
+    plans, target, coarse = planned, TARGET, COARSE
     assert check_plans(plans[221], target, require_coarse=True) == []
+    assert check_plans(plans[222], target) == []
     assert check_plans(plans[223], target, mask_channels=(1,)) == []
     for p in plans.values():
         assert p["experiment_planner_used"] == "nnUNetPlannerKiTS"
@@ -212,3 +245,24 @@ def test_planner_plans_follow_the_package_rules(tmp_path, monkeypatch):
     full_arch, narrow_arch = full["architecture"]["arch_kwargs"], narrow["architecture"]["arch_kwargs"]
     assert narrow_arch["strides"] == full_arch["strides"]
     assert list(narrow_arch["features_per_stage"]) == [f // 4 for f in full_arch["features_per_stage"]]
+
+
+def test_roi_stages_share_the_kidney_and_masses_ct_window(planned):
+    """222 and 223 normalize the same crops' CT with the same statistics: nnU-Net's over 222's kidney+masses label.
+
+    223's come from ``mask_foreground_intensity_properties`` (the mirror of nnU-Net's fingerprint code over its
+    mask channel), so equality with nnU-Net's fingerprint of 222 also tests the mirror. nnU-Net's own fingerprint
+    of 223 (kept as nnU-Net wrote it) covers only tumor and cyst; its plans must not.
+    """
+    kidney_window = _fingerprint(222)["foreground_intensity_properties_per_channel"]["0"]
+    nnunet_223 = _fingerprint(223)["foreground_intensity_properties_per_channel"]
+    plans_222 = planned[222]["foreground_intensity_properties_per_channel"]
+    plans_223 = planned[223]["foreground_intensity_properties_per_channel"]
+    assert plans_222 == {"0": kidney_window}
+    assert plans_223 == {"0": kidney_window, "1": nnunet_223["1"]}  # the mask channel keeps nnU-Net's (unused)
+    assert list(plans_223["0"]) == list(kidney_window)  # same key order as nnU-Net's fingerprint
+    assert nnunet_223["0"]["percentile_99_5"] < kidney_window["percentile_99_5"]  # masses only: cortex clipped
+    assert check_plans(planned[223], TARGET, intensity_properties={0: kidney_window}) == []
+    assert check_plans(planned[223], TARGET, intensity_properties={0: nnunet_223["0"]}) != []
+    with pytest.raises(KitsInputError, match="no input channel 2"):
+        nnUNetPlannerKiTS(223, intensity_properties={2: kidney_window})
