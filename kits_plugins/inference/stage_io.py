@@ -38,6 +38,7 @@ from kits_plugins.utilities.crops import (
     crops_json_path,
     load_crops,
     paste_back,
+    read_crop_prediction,
     records_by_case,
     write_crop,
     write_crops_json,
@@ -178,7 +179,7 @@ def crop_rois(
                 channel_path = child_path(out_dir, f"{r.crop_id}_0001{FILE_ENDING}", source)
                 if roi_mask_dir is not None:  # an ROI-sized prediction: binarised as kits predict does
                     rpath = child_path(roi_mask_dir, f"{r.crop_id}{FILE_ENDING}", source)
-                    write_image(kidney_mask(_read_roi_prediction(rpath, crop_geometry(r))), crop_geometry(r),
+                    write_image(kidney_mask(read_crop_prediction(rpath, r)), crop_geometry(r),
                                 channel_path)
                 else:
                     assert mask is not None  # a mask channel without --roi-mask needs --mask (checked above)
@@ -231,11 +232,10 @@ def paste_rois(
             g = rg
         seg = np.zeros(g.shape, dtype=np.uint8)
         for r in by_case.get(case, []):
-            cg = crop_geometry(r)
             ppath = child_path(pred_dir, f"{r.crop_id}{FILE_ENDING}", source)
-            patch = _read_roi_prediction(ppath, cg)
+            patch = read_crop_prediction(ppath, r)
             if fine_dir is not None:
-                fine = _read_roi_prediction(child_path(fine_dir, f"{r.crop_id}{FILE_ENDING}", source), cg)
+                fine = read_crop_prediction(child_path(fine_dir, f"{r.crop_id}{FILE_ENDING}", source), r)
                 try:
                     masses = decode_masses(patch, masses_labels)
                 except ValueError as e:
@@ -245,16 +245,3 @@ def paste_rois(
         write_image(seg, g, outputs[case])
         written.append(outputs[case])
     return written
-
-
-def _read_roi_prediction(path: Path, expected: Geometry) -> np.ndarray:
-    if not path.is_file():
-        raise KitsInputError(f"{path}: ROI prediction not found")
-    seg, g = read_label(path, max_label=255)
-    if g.size != expected.size or not g.matches(expected, atol=1e-3):
-        raise KitsInputError(f"{path}: header differs from its crop ({g.describe_mismatch(expected, atol=1e-3)})")
-    if seg.max() > 3:
-        raise KitsInputError(f"{path}: labels outside 0-3: {np.unique(seg[seg > 3])[:10].tolist()}")
-    return seg
-
-

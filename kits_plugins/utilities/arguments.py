@@ -33,6 +33,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """A share (of crops, of samples): a finite number in [0, 1]."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is above 1 (a share lies in [0, 1])")
+    return value
+
+
 def step_fraction(text: str) -> float:
     """A sliding-window step as a fraction of the patch: in (0, 1], as nnU-Net's ``-step_size``."""
     value = _number(text)

@@ -25,7 +25,7 @@ import numpy as np
 
 from kits_plugins.errors import KitsInputError
 from kits_plugins.utilities.ct_io import compact_ct
-from kits_plugins.utilities.image_io import Geometry, write_image
+from kits_plugins.utilities.image_io import Geometry, read_label, write_image
 from kits_plugins.utilities.paths import check_id
 from kits_plugins.utilities.roi import Box, box_shape, crop, paste
 from kits_plugins.utilities.staging import atomic_write_bytes
@@ -221,3 +221,29 @@ def load_crops(path: str | os.PathLike) -> tuple[dict[str, CropRecord], dict[str
     for r in records.values():
         cases.setdefault(r.case, r.source_geometry)
     return records, cases
+
+
+#: Header tolerance for crop-sized files written by nnU-Net (its writers round the origin through float32 and
+#: the reoriented affine): a shifted or resized box differs by at least a voxel, far above it.
+CROP_FILE_ATOL = 1e-3
+
+
+def crop_header_mismatch(geometry: Geometry, record: CropRecord) -> str | None:
+    """Why a file with header ``geometry`` is not a file of ``record``'s crop (size, origin, spacing or direction,
+    within :data:`CROP_FILE_ATOL`), or None when it is: the check that a prediction was made on this very box."""
+    expected = crop_geometry(record)
+    if geometry.size == expected.size and geometry.matches(expected, atol=CROP_FILE_ATOL):
+        return None
+    return geometry.describe_mismatch(expected, atol=CROP_FILE_ATOL)
+
+
+def read_crop_prediction(path: str | os.PathLike, record: CropRecord) -> np.ndarray:
+    """A ROI-sized prediction (KiTS values 0-3, file order) of ``record``'s crop, its header checked
+    (:func:`crop_header_mismatch`)."""
+    if not Path(path).is_file():
+        raise KitsInputError(f"{path}: ROI prediction of crop {record.crop_id} not found")
+    seg, geometry = read_label(path, max_label=3)
+    problem = crop_header_mismatch(geometry, record)
+    if problem is not None:
+        raise KitsInputError(f"{path}: header differs from crop {record.crop_id} ({problem})")
+    return seg

@@ -88,3 +88,17 @@ def raw_with_220(tmp_path_factory, make_kits_dir):
     target, skipped = convert_kits23(kits.parent, raw=raw)
     assert not skipped
     return kits, raw, target
+
+
+@pytest.fixture(scope="session")
+def link_raw():
+    """``link_raw(folder, raw, *datasets)``: a new raw folder ``folder`` whose ``datasets`` (folder names) are symlinks
+    to those of ``raw``, so a test derives into it without touching (or reading outputs of) other tests."""
+
+    def link_raw(folder: Path, raw: Path, *datasets: str) -> Path:
+        folder.mkdir(parents=True)
+        for name in datasets:
+            (folder / name).symlink_to(raw / name, target_is_directory=True)
+        return folder
+
+    return link_raw

@@ -1,11 +1,13 @@
 """``kits_plugins.dataset_conversion.derive_stages``: ``kits derive-stages`` on tiny generated data (datasets 221-223,
-crops that paste back exactly, splits, predictions as the box source) and its ROI boxes on synthetic label maps
-(coverage, border, solitary and merged kidneys, seeded jitter)."""
+crops that paste back exactly, splits, predictions as the box source, 223's mask channel from stage-222 predictions)
+and its ROI boxes on synthetic label maps (coverage, border, solitary and merged kidneys, seeded jitter, truncated
+and false-positive training crops)."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +17,20 @@ from nnunetv2.imageio.nibabel_reader_writer import NibabelIOWithReorient
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from kits_plugins.dataset_conversion.convert_kits23 import convert_kits23
-from kits_plugins.dataset_conversion.derive_stages import case_rng, case_rois, derive_stages, uncovered_voxels
+from kits_plugins.dataset_conversion.derive_stages import (
+    DEFAULT_TRUNCATE_SHARE,
+    TRUNCATION_STREAM,
+    case_rng,
+    case_rois,
+    derive_stages,
+    resolve_settings,
+    sample_rois,
+    uncovered_voxels,
+)
 from kits_plugins.utilities import roi
 from kits_plugins.utilities.crops import CropRecord, crop_geometry, load_crops_json, paste_back
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_image, write_image
-from kits_plugins.utilities.labels import decode_masses
+from kits_plugins.utilities.labels import decode_masses, encode_masses
 from kits_plugins.utilities.orientation import Reorientation
 
 MARGIN = 4.0
@@ -35,9 +46,10 @@ def assert_file_header(read: Geometry, expected: Geometry) -> None:
 
 @pytest.fixture(scope="module")
 def derived(raw_with_220):
-    """Datasets 221-223 derived from the Dataset220 of ``raw_with_220``."""
+    """Datasets 221-223 derived from the Dataset220 of ``raw_with_220`` (no truncation: every ROI whole)."""
     kits, raw, _ = raw_with_220
-    written = derive_stages(raw=raw, margin_mm=MARGIN, jitter_mm=3.0, seed=7, min_volume_mm3=MIN_VOL)
+    written = derive_stages(raw=raw, margin_mm=MARGIN, jitter_mm=3.0, seed=7, min_volume_mm3=MIN_VOL,
+                            truncate_share=0.0)
     return kits, raw, written
 
 
@@ -165,11 +177,11 @@ def test_derive_refuses_existing_and_jitter_is_seeded(derived, tmp_path):
         for f in (raw / "Dataset220_KiTS2023" / sub).iterdir():
             os.link(f, raw2 / "Dataset220_KiTS2023" / sub / f.name)
     w2 = derive_stages(raw=raw2, margin_mm=MARGIN, jitter_mm=3.0, seed=7, min_volume_mm3=MIN_VOL, stages=[222],
-                       num_processes=1)
+                       num_processes=1, truncate_share=0.0)
     a, b = load_crops_json(written[222]), load_crops_json(w2[222])
     assert {k: v.box for k, v in a.items()} == {k: v.box for k, v in b.items()}
     w3 = derive_stages(raw=raw2, margin_mm=MARGIN, jitter_mm=0.0, min_volume_mm3=MIN_VOL, stages=[222],
-                       overwrite=True)
+                       overwrite=True, truncate_share=0.0)
     c = load_crops_json(w3[222])
     assert all(v.box == v.extra["box_before_jitter"] for v in c.values())
     assert sorted(p.name for p in raw2.iterdir()) == ["Dataset220_KiTS2023", "Dataset222_KiTS2023Kidney"]
@@ -271,3 +283,207 @@ def test_jitter_is_seeded_per_case_and_bounded(kidneys_with_tumors):
             assert 0 <= b0 - j0 <= np.ceil(6.0 / s) and 0 <= j1 - b1 <= np.ceil(6.0 / s)
             extras.append((b0 - j0) * s)
     assert len(set(extras)) > 3  # varies
+
+
+# ---------------------------------------------------------------- 223's mask channel from stage-222 predictions (--masks-from)
+
+
+def _write_222_predictions(records, folder: Path, kits: Path) -> dict[str, np.ndarray]:
+    """Per crop a stage-222 prediction unlike the ground truth: the kidney one voxel off along the first axis and a
+    block of label 2 in a corner (binarised, 2 must become 1 as 1 does)."""
+    preds = {}
+    for r in records.values():
+        gt, _ = read_image(kits / r.case / "segmentation.nii.gz")
+        part = (gt[tuple(slice(a, b) for a, b in r.box)] > 0).astype(np.uint8)
+        pred = np.zeros_like(part)
+        pred[1:] = part[:-1]
+        pred[:2, :2, :2] = 2
+        write_image(pred, crop_geometry(r), folder / f"{r.crop_id}.nii.gz")
+        preds[r.crop_id] = pred
+    return preds
+
+
+def test_masks_from_writes_the_binarised_stage222_prediction_on_222s_crops(derived, tmp_path, link_raw):
+    kits, raw, written = derived
+    raw4 = link_raw(tmp_path / "raw4", raw, "Dataset220_KiTS2023", "Dataset222_KiTS2023Kidney")
+    records = load_crops_json(written[222])
+    preds = _write_222_predictions(records, tmp_path / "p222", kits)
+    w = derive_stages(raw=raw4, masks_from=tmp_path / "p222")
+    assert sorted(w) == [223] and sorted(p.name for p in raw4.iterdir()) == [
+        "Dataset220_KiTS2023", "Dataset222_KiTS2023Kidney", "Dataset223_KiTS2023Masses"]
+    assert load_crops_json(w[223]) == records  # 222's very crops: ids, boxes, sampling
+    assert sorted(p.name for p in (w[223] / "imagesTr").iterdir()) == sorted(
+        f"{cid}_{ch:04d}.nii.gz" for cid in records for ch in (0, 1))
+    for r in records.values():
+        mask, g = read_image(w[223] / "imagesTr" / f"{r.crop_id}_0001.nii.gz")
+        assert mask.dtype == np.uint8 and np.array_equal(mask, (preds[r.crop_id] > 0).astype(np.uint8))
+        gt_mask, _ = read_image(written[223] / "imagesTr" / f"{r.crop_id}_0001.nii.gz")
+        assert not np.array_equal(mask, gt_mask)  # the prediction, not the ground truth
+        assert_file_header(g, crop_geometry(r))
+        ct = w[223] / "imagesTr" / f"{r.crop_id}_0000.nii.gz"
+        assert os.stat(ct).st_ino == os.stat(written[222] / "imagesTr" / ct.name).st_ino  # 222's CT crop
+        label, _ = read_image(w[223] / "labelsTr" / f"{r.crop_id}.nii.gz")
+        gt, _ = read_image(kits / r.case / "segmentation.nii.gz")
+        assert np.array_equal(label, encode_masses(gt[tuple(slice(a, b) for a, b in r.box)]))
+    doc, doc222 = (json.loads((d / "crops.json").read_text()) for d in (w[223], written[222]))
+    assert doc["mask_channel"]["source"] == "stage_222_predictions"
+    assert Path(doc["mask_channel"]["folder"]) == (tmp_path / "p222").resolve()
+    assert Path(doc["mask_channel"]["crops_from"]) == (written[222] / "crops.json").resolve()
+    assert {k: v for k, v in doc.items() if k != "mask_channel"} == doc222  # 222's records, cases and metadata
+    assert json.loads((written[223] / "crops.json").read_text())["mask_channel"]["source"] == "ground_truth"
+    assert (w[223] / "dataset.json").read_text() == (written[223] / "dataset.json").read_text()
+
+
+def test_masks_from_refuses_missing_or_foreign_predictions_before_writing(derived, tmp_path, link_raw):
+    kits, raw, written = derived
+    raw5 = link_raw(tmp_path / "raw5", raw, "Dataset220_KiTS2023", "Dataset222_KiTS2023Kidney")
+    records = load_crops_json(written[222])
+    preds = tmp_path / "p222"
+    _write_222_predictions(records, preds, kits)
+    gone = sorted(records)[::2]
+    for cid in gone:
+        (preds / f"{cid}.nii.gz").unlink()
+    with pytest.raises(KitsInputError) as e:
+        derive_stages(raw=raw5, masks_from=preds)
+    message = str(e.value)
+    assert f"for {len(gone)} of {len(records)} crop(s)" in message and message.endswith(", ".join(gone))
+    assert not [cid for cid in records if cid not in gone and cid in message]
+    assert sorted(p.name for p in raw5.iterdir()) == ["Dataset220_KiTS2023", "Dataset222_KiTS2023Kidney"]
+    # predictions made on other boxes (222 re-derived since, say): every crop whose header is not its own is named
+    _write_222_predictions(records, preds, kits)
+    moved, resized = records[gone[0]], records[gone[1]]
+    g = crop_geometry(moved)
+    write_image(np.zeros(moved.shape, np.uint8), Geometry(tuple(o + 0.8 for o in g.origin), g.spacing, g.direction,
+                                                          g.size), preds / f"{moved.crop_id}.nii.gz")
+    write_image(np.zeros(resized.shape, np.uint8)[1:], crop_geometry(resized).with_size(
+        (resized.shape[0] - 1, *resized.shape[1:])), preds / f"{resized.crop_id}.nii.gz")
+    with pytest.raises(KitsInputError, match=rf"2 stage-222 prediction.*{moved.crop_id} \(origin .*; "
+                                             rf"{resized.crop_id} \(size"):
+        derive_stages(raw=raw5, masks_from=preds)
+    assert sorted(p.name for p in raw5.iterdir()) == ["Dataset220_KiTS2023", "Dataset222_KiTS2023Kidney"]
+    # the boxes are 222's: options that would shape other boxes are refused, not ignored
+    with pytest.raises(KitsInputError, match="drop --seed, --from-predictions, --truncate-share"):
+        derive_stages(raw=raw5, masks_from=preds, seed=3, from_predictions=preds, truncate_share=0.1)
+    with pytest.raises(KitsInputError, match="stage 223 only"):
+        derive_stages(raw=raw5, masks_from=preds, stages=[222, 223])
+
+
+# ---------------------------------------------------------------- truncated and false-positive training crops
+
+
+def test_settings_default_to_truncation_for_ground_truth_rois_only():
+    assert resolve_settings(False).truncate_share == DEFAULT_TRUNCATE_SHARE == 0.15
+    assert resolve_settings(False).truncate_max_mm == 15.0
+    assert resolve_settings(True).truncate_share == 0.0 and resolve_settings(True, truncate_share=0.3).truncate_share == 0.3
+    with pytest.raises(KitsInputError, match="must lie in"):
+        resolve_settings(False, truncate_share=1.5)
+    with pytest.raises(KitsInputError, match="must not be negative"):
+        resolve_settings(False, truncate_max_mm=-1.0)
+    with pytest.raises(KitsInputError, match="needs --from-predictions"):
+        resolve_settings(False, drop_false_positives=True)
+
+
+def test_truncated_rois_cut_one_face_into_the_kidney_at_the_requested_share(kidneys_with_tumors):
+    shape = (60, 40, 24)
+    spacing = (2.0, 1.0, 0.5)
+    mask = kidneys_with_tumors(shape, [(16, 20, 12), (46, 20, 12)], radii=(6, 7, 8)) > 0
+    rois = case_rois(mask, spacing, 4.0, 10.0)
+    assert len(rois) == 2
+    n = truncated = 0
+    faces, depths = set(), set()
+    for i in range(200):
+        sampled = sample_rois(rois, mask, spacing, 0.2, 6.0, case_rng(5, f"case_{i:05d}", TRUNCATION_STREAM), False)
+        for (box, base), s in zip(rois, sampled):
+            n += 1
+            assert s.full_box == box and s.box_before_jitter == base
+            if s.fields["sampling"] == "full":
+                assert s.box == box and s.fields == {"sampling": "full"}
+                continue
+            truncated += 1
+            assert s.fields["sampling"] == "truncated" and s.fields["box_before_truncation"] == box
+            changed = [(ax, side) for ax in range(3) for side in range(2) if s.box[ax][side] != box[ax][side]]
+            assert len(changed) == 1  # exactly one face, moved inward, still inside the image
+            (axis, side), = changed
+            assert s.fields["truncated_side"] == [axis, ("start", "stop")[side]]
+            assert all(0 <= a < b <= m for (a, b), m in zip(s.box, shape))
+            extent = [[a + o, b + o] for (a, b), (o, _) in zip(roi.outer_box(roi.crop(mask, box)), box)]
+            k = s.box[axis][0] - extent[axis][0] if side == 0 else extent[axis][1] - s.box[axis][1]
+            assert 1 <= k and k * spacing[axis] <= 6.0 and s.fields["truncated_mm"] == k * spacing[axis]
+            lost = int(np.count_nonzero(roi.crop(mask, box)) - np.count_nonzero(roi.crop(mask, s.box)))
+            assert s.fields["truncated_voxels"] == lost > 0
+            faces.add((axis, side))
+            depths.add(s.fields["truncated_mm"])
+    assert n == 400 and abs(truncated / n - 0.2) < 0.05
+    assert len(faces) == 6 and len(depths) > 5
+    again = sample_rois(rois, mask, spacing, 0.2, 6.0, case_rng(5, "case_00003", TRUNCATION_STREAM), False)
+    assert again == sample_rois(rois, mask, spacing, 0.2, 6.0, case_rng(5, "case_00003", TRUNCATION_STREAM), False)
+    whole = sample_rois(rois, mask, spacing, 0.0, 6.0, case_rng(5, "case_00003", TRUNCATION_STREAM), False)
+    assert [s.box for s in whole] == [b for b, _ in rois] and {s.fields["sampling"] for s in whole} == {"full"}
+
+
+def test_false_positive_rois_of_a_prediction_are_kept_whole(kidneys_with_tumors):
+    shape = (60, 40, 24)
+    gt = kidneys_with_tumors(shape, [(16, 20, 12)]) > 0
+    prediction = gt.copy()
+    prediction[50:56, 15:25, 8:16] = True  # a coarse false positive far from the kidney
+    rois = case_rois(prediction, (1.0, 1.0, 1.0), 3.0, 10.0)
+    sampled = sample_rois(rois, gt, (1.0, 1.0, 1.0), 1.0, 5.0, case_rng(0, "c", TRUNCATION_STREAM), True)
+    assert [s.fields["sampling"] for s in sampled] == ["truncated", "false_positive"]
+    assert sampled[1].box == rois[1][0] and not roi.crop(gt, sampled[1].box).any()
+
+
+def test_from_predictions_keeps_false_positives_with_empty_labels(derived, tmp_path, link_raw, capsys):
+    kits, raw, written = derived
+    preds = tmp_path / "preds"
+    for case_dir in sorted(kits.glob("case_*")):
+        gt, g = read_image(case_dir / "segmentation.nii.gz")
+        pred = (gt > 0).astype(np.uint8)
+        if case_dir.name == "case_00001":  # solitary kidney in the middle: a false positive at the far end
+            pred[50:55, 5:12, 2:8] = 1
+        write_image(pred, g, preds / f"{case_dir.name}.nii.gz")
+    raw6 = link_raw(tmp_path / "raw6", raw, "Dataset220_KiTS2023")
+    capsys.readouterr()
+    w = derive_stages(raw=raw6, margin_mm=MARGIN, min_volume_mm3=MIN_VOL, from_predictions=preds, truncate_share=1.0,
+                      truncate_max_mm=3.0, seed=7)
+    records = load_crops_json(w[222])
+    assert load_crops_json(w[223]) == records
+    fp = [r for r in records.values() if r.extra["sampling"] == "false_positive"]
+    assert [r.case for r in fp] == ["case_00001"] and len(records) == 7
+    for r in fp:
+        for label_file in (w[222] / "labelsTr" / f"{r.crop_id}.nii.gz", w[223] / "labelsTr" / f"{r.crop_id}.nii.gz"):
+            assert not read_image(label_file)[0].any()
+        assert read_image(w[223] / "imagesTr" / f"{r.crop_id}_0001.nii.gz")[0].any()  # the coarse mask it came from
+    cut = [r for r in records.values() if r.extra["sampling"] == "truncated"]
+    assert len(cut) == 6 and all(0 < r.extra["truncated_mm"] <= 3.0 for r in cut)
+    doc = json.loads((w[223] / "crops.json").read_text())
+    assert (doc["truncate_share"], doc["truncate_max_mm"], doc["false_positive_rois"]) == (1.0, 3.0, "kept, all-zero labels")
+    assert doc["sampling_counts"] == {"false_positive": 1, "truncated": 6}
+    assert doc["mask_channel"] == {"source": "coarse_predictions", "folder": str(preds.resolve()),
+                                   "binarisation": doc["mask_channel"]["binarisation"]}
+    assert doc["uncovered_foreground_voxels"] == {}  # truncation is reported apart, not as missed kidney
+    assert sum(doc["truncated_foreground_voxels"].values()) == sum(r.extra["truncated_voxels"] for r in cut) > 0
+    out = capsys.readouterr().out
+    assert "warning" not in out and "6 of 7 ROIs truncated on purpose" in out and "1 of 7 ROIs are coarse false" in out
+    w2 = derive_stages(raw=raw6, margin_mm=MARGIN, min_volume_mm3=MIN_VOL, from_predictions=preds, stages=[222],
+                       drop_false_positives=True, overwrite=True)
+    doc2 = json.loads((w2[222] / "crops.json").read_text())
+    assert doc2["false_positive_rois"] == "dropped" and doc2["sampling_counts"] == {"full": 6}
+
+
+def test_truncation_is_seeded_per_case_and_leaves_the_jitter_alone(derived, tmp_path, link_raw, capsys):
+    kits, raw, written = derived
+    options = dict(margin_mm=MARGIN, jitter_mm=3.0, seed=7, min_volume_mm3=MIN_VOL, truncate_share=0.5, stages=[222])
+    a = load_crops_json(derive_stages(raw=link_raw(tmp_path / "a", raw, "Dataset220_KiTS2023"), **options)[222])
+    assert sorted({r.extra["sampling"] for r in a.values()}) == ["full", "truncated"]
+    # a case's crops depend on nothing but the seed and the case: the same from a Dataset220 of two of the cases
+    part = tmp_path / "b" / "Dataset220_KiTS2023"
+    for sub in ("imagesTr", "labelsTr"):
+        (part / sub).mkdir(parents=True)
+        for f in (raw / "Dataset220_KiTS2023" / sub).glob("case_0000[23]*"):
+            os.link(f, part / sub / f.name)
+    b = load_crops_json(derive_stages(raw=part.parent, **options)[222])
+    assert b == {cid: r for cid, r in a.items() if r.case in ("case_00002", "case_00003")} and len(b) == 3
+    whole = load_crops_json(written[222])  # same seed and jitter, no truncation
+    assert {cid: r.extra.get("box_before_truncation", r.box) for cid, r in a.items()} == {
+        cid: r.box for cid, r in whole.items()}
+    assert "warning" not in capsys.readouterr().out

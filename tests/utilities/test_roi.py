@@ -59,3 +59,13 @@ def test_inner_faces_touched_ignores_the_image_border_and_grow_faces_clamps():
     grown = grow_faces(box, [(0, 1), (1, 0)], 4.5, (3.0, 1.0, 1.0), shape)
     assert grown == [[0, 12], [0, 15], [5, 20]]  # 4.5 mm = 2 rows of 3 mm; 5 columns of 1 mm, clamped at 0
     assert grow_faces(box, [(0, 1)], 0.0, (3.0, 1.0, 1.0), shape) == [[0, 11], [5, 15], [5, 20]]  # at least one
+
+
+def test_truncate_box_moves_one_face_inward():
+    box = [[2, 10], [0, 5], [3, 4]]
+    assert roi.truncate_box(box, (0, 0), 3) == [[5, 10], [0, 5], [3, 4]]
+    assert roi.truncate_box(box, (1, 1), 4) == [[2, 10], [0, 1], [3, 4]]
+    assert box == [[2, 10], [0, 5], [3, 4]]  # a new box
+    for face, depth in (((0, 0), 0), ((0, 1), 8), ((2, 0), 1), ((1, 2), 1)):
+        with pytest.raises(ValueError):
+            roi.truncate_box(box, face, depth)  # no cut, nothing left, or no such face
