@@ -38,6 +38,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from kits_plugins.constants import COARSE_DATASET_ID, MASSES_DATASET_ID, PLANS_NAME, TARGET_SPACING
 from kits_plugins.errors import KitsInputError
+from kits_plugins.utilities.staging import atomic_write_bytes
 
 # Configurations preprocessed per stage when none are requested: the coarse stage trains 3d_lowres on the
 # full CT, the ROI stages train 3d_fullres.
@@ -104,6 +105,21 @@ def plans_file(dataset_id: int, plans_name: str = PLANS_NAME) -> Path:
     """Path of the plans JSON of ``dataset_id``."""
     _, pre = _require_nnunet_paths()
     return pre / dataset_name(dataset_id) / f"{plans_name}.json"
+
+
+def refresh_splits(dataset_id: int) -> bool:
+    """Make ``$nnUNet_preprocessed``'s ``splits_final.json`` the one ``kits derive-stages`` wrote into the raw
+    dataset. nnU-Net's planner copies it only when none exists and asserts that an existing one agrees: after the
+    stage datasets are derived again (``--overwrite``, other ROIs and so other crop ids) the old split is stale and
+    planning would stop on a bare AssertionError. Returns True when a stale split was replaced."""
+    raw, pre = _require_nnunet_paths()
+    name = dataset_name(dataset_id)
+    source, target = raw / name / "splits_final.json", pre / name / "splits_final.json"
+    if not source.is_file() or not target.is_file() or load_json(str(source)) == load_json(str(target)):
+        return False
+    atomic_write_bytes(target, source.read_bytes())
+    print(f"{name}: replaced {target} (from an earlier kits derive-stages) with {source}")
+    return True
 
 
 def check_intensity_properties(plans: dict, intensity_properties: Mapping[int, Mapping[str, float]]) -> list[str]:
@@ -247,6 +263,7 @@ def plan_dataset(
     if not (network_width > 0 and math.isfinite(network_width)):
         raise KitsInputError(f"network width must be a positive number, got {network_width}")
     dataset_name(dataset_id)
+    refresh_splits(dataset_id)
     extract_fingerprints([dataset_id], num_processes=num_processes, clean=True, verbose=verbose,
                          show_progress_bar=verbose)
     intensities = intensity_properties_for(dataset_id, num_processes)

@@ -27,6 +27,7 @@ from kits_plugins.planning.planning import (
     dataset_name,
     plan_and_preprocess,
     preprocessed_spacing,
+    refresh_splits,
     transposed,
 )
 from kits_plugins.testing.tiny_datasets import write_tiny_stage_dataset
@@ -266,3 +267,20 @@ def test_roi_stages_share_the_kidney_and_masses_ct_window(planned):
     assert check_plans(planned[223], TARGET, intensity_properties={0: nnunet_223["0"]}) != []
     with pytest.raises(KitsInputError, match="no input channel 2"):
         nnUNetPlannerKiTS(223, intensity_properties={2: kidney_window})
+
+
+def test_refresh_splits_replaces_a_stale_preprocessed_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    write_tiny_stage_dataset(tmp_path / "raw", 222, num_cases=2)
+    raw = next((tmp_path / "raw").glob("Dataset222_*"))
+    assert not refresh_splits(222)  # no split in the raw dataset: nnU-Net makes its own
+    new = [{"train": ["case_00000_roi0"], "val": ["case_00001_roi0"]}]
+    (raw / "splits_final.json").write_text(json.dumps(new))
+    assert not refresh_splits(222)  # nothing preprocessed yet: nnU-Net's planner copies it
+    pre = tmp_path / "pre" / raw.name
+    pre.mkdir(parents=True)
+    (pre / "splits_final.json").write_text(json.dumps([{"train": ["old_roi0"], "val": ["old_roi1"]}]))
+    assert refresh_splits(222)  # derived again with other crop ids: nnU-Net would assert, kits plan replaces it
+    assert json.loads((pre / "splits_final.json").read_text()) == new
+    assert not refresh_splits(222)
