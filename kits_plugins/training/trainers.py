@@ -9,7 +9,11 @@
 - ``nnUNetTrainerKiTSSurface`` (stage 223, region training on kidney ROIs with the kidney mask as input
   channel 1): nnU-Net's region loss (Dice+BCE with deep supervision) plus the Kervadec boundary loss on the
   full-resolution output, its weight following ``BoundaryWeightSchedule`` and logged every epoch; the mask
-  channel stays binary through augmentation and at inference (see ``kits_plugins.training.transforms``).
+  channel stays binary through augmentation and at inference, and is perturbed in training as nnU-Net perturbs a
+  cascade's previous-stage segmentation (see ``kits_plugins.training.transforms``).
+
+Elastic deformation stays off, as in nnU-Net v2 (``p_elastic_deform=0``); the ``_elastic`` variants turn it on
+(``ELASTIC``: probability 0.2 per sample; see docs/planning_and_training.md for the measured cost).
 
 Schedules are classes, as in nnU-Net (``nnUNetTrainer_5epochs``): the production trainers above train nnU-Net's
 schedule (1000 epochs x 250 iterations, 50 validation iterations) and the surface trainer's class schedule, whatever
@@ -39,7 +43,14 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from kits_plugins.losses.boundary import BoundaryLoss, BoundaryWeightSchedule, RegionDiceBCEBoundaryLoss
-from kits_plugins.training.transforms import BinarizeInputChannels, binarize_first, keep_channels_binary
+from kits_plugins.training.transforms import (
+    BinarizeInputChannels,
+    ElasticDeformation,
+    binarize_first,
+    keep_channels_binary,
+    perturb_channels,
+    with_elastic_deformation,
+)
 
 if TYPE_CHECKING:
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -55,6 +66,9 @@ __all__ = [
     "nnUNetTrainerKiTSCoarse_demo",
     "nnUNetTrainerKiTSFine_demo",
     "nnUNetTrainerKiTSSurface_demo",
+    "nnUNetTrainerKiTSCoarse_elastic",
+    "nnUNetTrainerKiTSFine_elastic",
+    "nnUNetTrainerKiTSSurface_elastic",
 ]
 
 CUDA = torch.device("cuda")  # nnUNetTrainer's default device
@@ -65,6 +79,7 @@ ENV_VAL_ITERS = "KITS_VAL_ITERS"
 ENV_BOUNDARY_SCHEDULE = "KITS_BOUNDARY_SCHEDULE"
 SHORT_SUFFIX = "_short"
 DEMO_SUFFIX = "_demo"
+ELASTIC = ElasticDeformation(p=0.2)  # the _elastic variants' setting
 
 
 def env_positive_int(name: str) -> int | None:
@@ -113,8 +128,10 @@ def _inner_loss(loss: nn.Module) -> nn.Module:
 
 
 class nnUNetTrainerKiTSBase(nnUNetTrainer):
-    """nnUNetTrainer with the package's schedule defaults; ``KITS_*`` overrides only where ``honours_env_schedule``."""
+    """nnUNetTrainer with the package's schedule defaults; ``KITS_*`` overrides only where ``honours_env_schedule``;
+    elastic deformation as ``elastic_deformation`` says (off: nnU-Net's default)."""
 
+    elastic_deformation: ElasticDeformation = ElasticDeformation()
     default_num_epochs: int | None = None  # None keeps nnU-Net's value (1000 / 250 / 50)
     default_iterations_per_epoch: int | None = None
     default_val_iterations_per_epoch: int | None = None
@@ -138,6 +155,18 @@ class nnUNetTrainerKiTSBase(nnUNetTrainer):
         self.print_to_log_file(f"{type(self).__name__}: {self.num_epochs} epochs x {self.num_iterations_per_epoch} "
                                f"iterations (+{self.num_val_iterations_per_epoch} validation iterations)",
                                also_print_to_console=False)
+
+    @classmethod
+    def get_training_transforms(cls, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        transforms = super().get_training_transforms(
+            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=use_mask_for_norm, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
+            regions=regions, ignore_label=ignore_label)
+        if cls.elastic_deformation.p > 0:
+            return with_elastic_deformation(transforms, cls.elastic_deformation)
+        return transforms
 
     def _env_int(self, name: str) -> int | None:
         """``env_positive_int(name)`` for the variants that honour the environment, else None."""
@@ -286,7 +315,7 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
             use_mask_for_norm=use_mask_for_norm, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
             regions=regions, ignore_label=ignore_label)
         channels = cls._binary_channels(len(use_mask_for_norm) if use_mask_for_norm is not None else None)
-        return keep_channels_binary(transforms, channels)
+        return perturb_channels(keep_channels_binary(transforms, channels), channels)
 
     @classmethod
     def get_validation_transforms(cls, deep_supervision_scales, is_cascaded=False, foreground_labels=None,
@@ -348,3 +377,21 @@ class nnUNetTrainerKiTSFine_demo(_DemoSchedule, nnUNetTrainerKiTSFine):
 
 class nnUNetTrainerKiTSSurface_demo(_DemoSchedule, nnUNetTrainerKiTSSurface):
     """``kits demo``'s masses trainer (see ``nnUNetTrainerKiTSCoarse_demo``)."""
+
+
+class _ElasticDeformation(_TrainerMixin):
+    """Elastic deformation on (``ELASTIC``), the one change of the ``_elastic`` variants."""
+
+    elastic_deformation = ELASTIC
+
+
+class nnUNetTrainerKiTSCoarse_elastic(_ElasticDeformation, nnUNetTrainerKiTSCoarse):
+    """``nnUNetTrainerKiTSCoarse`` with elastic deformation."""
+
+
+class nnUNetTrainerKiTSFine_elastic(_ElasticDeformation, nnUNetTrainerKiTSFine):
+    """``nnUNetTrainerKiTSFine`` with elastic deformation."""
+
+
+class nnUNetTrainerKiTSSurface_elastic(_ElasticDeformation, nnUNetTrainerKiTSSurface):
+    """``nnUNetTrainerKiTSSurface`` with elastic deformation (the mask channel is thresholded after it)."""

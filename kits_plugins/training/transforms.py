@@ -14,23 +14,48 @@ and gamma change its values, so most mask voxels stop being 0 or 1. Two pieces f
   resampling function per configuration), so at inference the mask channel holds spline overshoot near
   its edges; the wrapper makes training and inference see exactly binary masks. It is built by the
   trainer's ``build_network_architecture``, which nnU-Net's predictor also uses.
+
+Train as you infer: at inference the mask channel is the previous stage's prediction, in training it is the ground
+truth. ``perturb_channels`` adds nnU-Net's own perturbation of a previous-stage segmentation (what
+``nnUNetTrainer.get_training_transforms`` does with ``is_cascaded``: random dilation / erosion / opening / closing,
+removal of a random connected component; same classes, probabilities and parameters) on the mask channels, at
+nnU-Net's place for it: after the spatial transform, binarisation, mirroring and ``RemoveLabelTansform``.
+
+``with_elastic_deformation`` turns on the elastic deformation of nnU-Net's ``SpatialTransform`` (off in nnU-Net v2
+and in this package's trainers by default; the ``_elastic`` trainer variants use it).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from batchgeneratorsv2.transforms.nnunet.random_binary_operator import ApplyRandomBinaryOperatorTransform
+from batchgeneratorsv2.transforms.nnunet.remove_connected_components import (
+    RemoveRandomConnectedComponentFromOneHotEncodingTransform,
+)
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
 from torch import nn
 
 STASH_KEY = "kits_binary_channels"
+
+# nnU-Net's perturbation of the previous stage's segmentation, as ``nnUNetTrainer.get_training_transforms`` configures
+# it with ``is_cascaded`` (nnunetv2 2.8.1; a test compares these with nnU-Net's own pipeline)
+CASCADE_BINARY_OPERATOR_P = 0.4  # per sample: dilation, erosion, opening or closing ...
+CASCADE_STREL_SIZE = (1, 8)  # ... with a ball of radius uniform in [1, 8] voxels
+CASCADE_REMOVE_COMPONENT_P = 0.2  # per sample: remove one connected component ...
+CASCADE_MAX_COMPONENT_SHARE = 0.15  # ... among those under 15% of the patch's voxels
+CASCADE_P_PER_LABEL = 0.5  # then per channel (nnU-Net: per label of the previous stage)
 
 
 class BinarizeChannelsTransform(BasicTransform):
@@ -66,6 +91,14 @@ class RestoreChannelsTransform(BasicTransform):
         return data_dict
 
 
+def _spatial_index(ts: list[BasicTransform]) -> int:
+    """Position of the one ``SpatialTransform`` in nnU-Net's training transforms."""
+    spatial = [i for i, t in enumerate(ts) if isinstance(t, SpatialTransform)]
+    if len(spatial) != 1:
+        raise RuntimeError(f"expected exactly one SpatialTransform in nnU-Net's training transforms, found {len(spatial)}")
+    return spatial[0]
+
+
 def keep_channels_binary(
     transforms: ComposeTransforms, channels: Sequence[int], threshold: float = 0.5
 ) -> ComposeTransforms:
@@ -75,16 +108,84 @@ def keep_channels_binary(
     if not channels:
         return transforms
     ts = list(transforms.transforms)
-    spatial = [i for i, t in enumerate(ts) if isinstance(t, SpatialTransform)]
-    if len(spatial) != 1:
-        raise RuntimeError(f"expected exactly one SpatialTransform in nnU-Net's training transforms, found {len(spatial)}")
-    insert_at = spatial[0] + 1
+    insert_at = _spatial_index(ts) + 1
     if insert_at < len(ts) and isinstance(ts[insert_at], Convert2DTo3DTransform):
         insert_at += 1  # pseudo-2D augmentation: binarize once the image is 3D again
     ts.insert(insert_at, BinarizeChannelsTransform(channels, threshold, stash=True))
     restore_at = next((i for i, t in enumerate(ts) if i > insert_at and isinstance(t, MirrorTransform | RemoveLabelTansform)),
                       len(ts))
     ts.insert(restore_at, RestoreChannelsTransform(channels))
+    return ComposeTransforms(ts)
+
+
+class PerturbChannelsTransform(ComposeTransforms):
+    """nnU-Net's cascade perturbation (``CASCADE_*``) of binary image ``channels``; each channel is an independent
+    mask (not one one-hot encoding), so each gets its own pair of transforms. Results stay exactly 0/1."""
+
+    def __init__(self, channels: Sequence[int]):
+        self.channels = [int(c) for c in channels]
+        super().__init__([t for c in self.channels for t in _cascade_perturbation(c)])
+
+
+def _cascade_perturbation(channel: int) -> list[BasicTransform]:
+    """The two random transforms nnU-Net applies to each previous-stage label channel, on image ``channel``."""
+    operator = ApplyRandomBinaryOperatorTransform(channel_idx=[channel], strel_size=CASCADE_STREL_SIZE,
+                                                  p_per_label=CASCADE_P_PER_LABEL)
+    remove = RemoveRandomConnectedComponentFromOneHotEncodingTransform(
+        channel_idx=[channel], fill_with_other_class_p=0,
+        dont_do_if_covers_more_than_x_percent=CASCADE_MAX_COMPONENT_SHARE, p_per_label=CASCADE_P_PER_LABEL)
+    return [RandomTransform(operator, apply_probability=CASCADE_BINARY_OPERATOR_P),
+            RandomTransform(remove, apply_probability=CASCADE_REMOVE_COMPONENT_P)]
+
+
+def perturb_channels(transforms: ComposeTransforms, channels: Sequence[int]) -> ComposeTransforms:
+    """``transforms`` with ``PerturbChannelsTransform(channels)`` right after nnU-Net's ``RemoveLabelTansform``, where
+    nnU-Net perturbs a cascade's previous-stage segmentation: the mask has then been moved by the spatial transform,
+    thresholded (``keep_channels_binary``) and mirrored, so dilation radii are voxels of the patch, as in nnU-Net, and
+    nothing interpolates the result. Returns a new ``ComposeTransforms``."""
+    if not channels:
+        return transforms
+    ts = list(transforms.transforms)
+    at = next((i for i, t in enumerate(ts) if isinstance(t, RemoveLabelTansform)), None)
+    if at is None:
+        raise RuntimeError("expected nnU-Net's RemoveLabelTansform in its training transforms")
+    ts.insert(at + 1, PerturbChannelsTransform(channels))
+    return ComposeTransforms(ts)
+
+
+@dataclass(frozen=True)
+class ElasticDeformation:
+    """Elastic deformation of nnU-Net's ``SpatialTransform``: probability per sample, smoothing scale (fraction of the
+    patch edge, one per sample) and maximum displacement as a fraction of that scale in voxels (batchgenerators'
+    ``augment_spatial_2`` rule, which batchgeneratorsv2's deformation follows)."""
+
+    p: float = 0.0
+    scale: tuple[float, float] = (0.0, 0.25)
+    magnitude: tuple[float, float] = (0.125, 0.5)
+
+
+class ElasticMagnitude:
+    """``SpatialTransform``'s ``elastic_deform_magnitude`` as a callable: uniform in ``fraction`` x sigma voxels, sigma
+    = deformation scale x patch edge. batchgeneratorsv2's default, (0, 0.2) voxels, barely moves anything."""
+
+    def __init__(self, fraction: tuple[float, float]):
+        self.fraction = fraction
+
+    def __call__(self, *, patch_size: Sequence[int], dim: int, deformation_scale: float, **_: object) -> float:
+        return float(np.random.uniform(*self.fraction) * deformation_scale * patch_size[dim])
+
+
+def with_elastic_deformation(transforms: ComposeTransforms, elastic: ElasticDeformation) -> ComposeTransforms:
+    """``transforms`` with a copy of their ``SpatialTransform`` deforming elastically as ``elastic`` says (nnU-Net v2
+    builds it with ``p_elastic_deform=0``). Returns a new ``ComposeTransforms``."""
+    ts = list(transforms.transforms)
+    i = _spatial_index(ts)
+    spatial = copy.copy(cast(SpatialTransform, ts[i]))
+    spatial.p_elastic_deform = elastic.p
+    spatial.elastic_deform_scale = elastic.scale
+    spatial.elastic_deform_magnitude = ElasticMagnitude(elastic.magnitude)
+    spatial.p_synchronize_def_scale_across_axes = 1  # one scale per sample, as augment_spatial_2
+    ts[i] = spatial
     return ComposeTransforms(ts)
 
 

@@ -1,6 +1,7 @@
 """``kits_plugins.training.trainers``: the cascade trainers' schedules and environment overrides, their losses, the
-binary mask channel on real augmented batches (``kits_plugins.training.transforms`` inside the trainer), and short
-CPU trainings through nnU-Net's own run_training / nnUNetv2_train."""
+binary and perturbed mask channel on real augmented batches (``kits_plugins.training.transforms`` inside the
+trainer), elastic deformation (off; on in the ``_elastic`` variants), and short CPU trainings through nnU-Net's own
+run_training / nnUNetv2_train."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from kits_plugins.planning.planning import plan_and_preprocess
 from kits_plugins.testing.tiny_datasets import tiny_case, write_tiny_stage_dataset
 from kits_plugins.training import trainers
 from kits_plugins.training.commands import trainer_path
-from kits_plugins.training.transforms import BinarizeInputChannels
+from kits_plugins.training.transforms import BinarizeInputChannels, PerturbChannelsTransform
 
 torch.set_num_threads(1)
 
@@ -77,6 +78,38 @@ def _predict(model_folder: Path, two_channels: bool) -> np.ndarray:
     return seg
 
 
+class _Recorder:
+    """A transform that keeps a copy of each sample's image (to compare with the batch the loader returns)."""
+
+    def __init__(self) -> None:
+        self.images: list[torch.Tensor] = []
+
+    def __call__(self, **data_dict) -> dict:
+        self.images.append(data_dict["image"].clone())
+        return data_dict
+
+
+def _record_after(loader, kind: type) -> _Recorder:
+    """Insert a ``_Recorder`` into ``loader``'s transforms right after the first transform of type ``kind``."""
+    ts = loader.data_loader.transforms.transforms
+    recorder = _Recorder()
+    ts.insert(next(i for i, t in enumerate(ts) if isinstance(t, kind)) + 1, recorder)
+    return recorder
+
+
+def _batches_with_recorded(loader, recorder: _Recorder, n_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of ``n_batches`` batches from ``loader`` and their samples as ``recorder`` saw them (fixed seeds)."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    recorder.images.clear()
+    batches = torch.cat([next(loader)["data"] for _ in range(n_batches)])
+    return batches, torch.stack(recorder.images)
+
+
+def _training_transforms(cls, patch_size=(20, 24, 24)):
+    return cls.get_training_transforms(patch_size, (-0.5, 0.5), None, (0, 1, 2), False, use_mask_for_norm=[False, False])
+
+
 # ----------------------------------------------------------------------------------------------- fast unit tests
 def test_env_overrides(monkeypatch):
     monkeypatch.setenv("KITS_EPOCHS", " 7 ")
@@ -94,6 +127,68 @@ def test_env_overrides(monkeypatch):
     monkeypatch.setenv("KITS_BOUNDARY_SCHEDULE", "0.5")
     with pytest.raises(ValueError, match="KITS_BOUNDARY_SCHEDULE"):
         trainers.boundary_schedule_from_env(10, default)
+
+
+def test_mask_perturbation_is_nnunets_cascade_perturbation_on_channel_1():
+    """Same classes, probabilities and parameters as nnU-Net's ``is_cascaded`` pipeline, at the same place."""
+    from batchgeneratorsv2.transforms.nnunet.random_binary_operator import ApplyRandomBinaryOperatorTransform
+    from batchgeneratorsv2.transforms.nnunet.remove_connected_components import (
+        RemoveRandomConnectedComponentFromOneHotEncodingTransform as RemoveComponent,
+    )
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+    from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    def settings(randoms: list) -> list:
+        return [(type(r.transform), r.apply_probability, {k: v for k, v in vars(r.transform).items() if k != "channel_idx"})
+                for r in randoms]
+
+    cascade = nnUNetTrainer.get_training_transforms((20, 24, 24), (-0.5, 0.5), None, (0, 1, 2), False,
+                                                    is_cascaded=True, foreground_labels=[1])
+    theirs = [t for t in cascade.transforms
+              if isinstance(t, RandomTransform) and isinstance(t.transform, ApplyRandomBinaryOperatorTransform | RemoveComponent)]
+    ts = _training_transforms(trainers.nnUNetTrainerKiTSSurface).transforms
+    ours = [i for i, t in enumerate(ts) if isinstance(t, PerturbChannelsTransform)]
+    assert len(theirs) == 2 and len(ours) == 1
+    perturbation = ts[ours[0]]
+    assert settings(perturbation.transforms) == settings(theirs)
+    assert [r.transform.channel_idx for r in perturbation.transforms] == [[1], [1]]  # the mask channel, not the CT
+    assert isinstance(ts[ours[0] - 1], RemoveLabelTansform)  # where nnU-Net perturbs its cascade input
+    for name in ("nnUNetTrainerKiTSCoarse", "nnUNetTrainerKiTSFine"):  # no mask channel, no perturbation
+        assert not any(isinstance(t, PerturbChannelsTransform) for t in _training_transforms(getattr(trainers, name)).transforms)
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerKiTSCoarse", "nnUNetTrainerKiTSFine", "nnUNetTrainerKiTSSurface"])
+def test_elastic_deformation_off_by_default_on_in_the_elastic_variants(name):
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
+    def displacements(cls) -> np.ndarray:
+        """Largest elastic displacement (voxels) drawn for each of 200 samples (0: not deformed)."""
+        spatial = next(t for t in _training_transforms(cls).transforms if isinstance(t, SpatialTransform))
+        np.random.seed(0)
+        torch.manual_seed(0)
+        out = [spatial.get_parameters(image=torch.zeros(2, 30, 34, 34))["elastic_offsets"] for _ in range(200)]
+        return np.array([0.0 if o is None else float(o.abs().max()) for o in out])
+
+    default, variant = getattr(trainers, name), getattr(trainers, name + "_elastic")
+    assert not displacements(default).any()
+    moved = displacements(variant)
+    # probability 0.2 per sample, up to half the smoothing scale (batchgeneratorsv2's default moves <= 0.2 voxels)
+    assert 0.12 < float(np.mean(moved > 0)) < 0.28 and moved.max() > 1.0
+    assert [type(t) for t in _training_transforms(variant).transforms] == [
+        type(t) for t in _training_transforms(default).transforms]  # nothing else changes
+
+
+def test_elastic_surface_variant_keeps_the_mask_channel_binary():
+    transforms = _training_transforms(trainers.nnUNetTrainerKiTSSurface_elastic)
+    ct, labels = tiny_case((24, 28, 28), np.random.default_rng(0))
+    mask = torch.from_numpy(labels > 0).float()
+    np.random.seed(0)
+    torch.manual_seed(0)
+    for _ in range(10):
+        image = torch.stack([torch.from_numpy(ct.astype(np.float32)) / 1000, mask])
+        out = transforms(image=image, segmentation=torch.from_numpy(labels[None].astype(np.int16)))["image"][1]
+        assert ((out == 0) | (out == 1)).all()
 
 
 # ------------------------------------------------------------------------------------ trainers on planned tiny data
@@ -175,11 +270,13 @@ def test_surface_trainer_loss_network_and_region_requirement(stage_env):
 
 def test_mask_channel_stays_binary_on_real_augmented_batches(stage_env):
     """nnU-Net's own dataloader and training transforms on the preprocessed 223 cases."""
+    from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     tr = _trainer("nnUNetTrainerKiTSSurface", 223)
     tr.initialize()
     dl_train, dl_val = tr.get_dataloaders()
+    unperturbed = _record_after(dl_train, RemoveLabelTansform)  # the mask before the train-as-you-infer perturbation
 
     def stats(loader, n_batches):
         non_binary = total = masses = masses_in_mask = 0
@@ -190,8 +287,9 @@ def test_mask_channel_stays_binary_on_real_augmented_batches(stage_env):
             non_binary += int(((mask != 0) & (mask != 1)).sum())
             total += mask.numel()
             m = target[:, 0].bool()  # region "masses" at full resolution
+            aligned = torch.stack(unperturbed.images[-len(mask):])[:, 1] if unperturbed.images else mask
             masses += int(m.sum())
-            masses_in_mask += int((m & (mask > 0.5)).sum())
+            masses_in_mask += int((m & (aligned > 0.5)).sum())
         return non_binary / total, masses_in_mask / max(masses, 1), masses
 
     torch.manual_seed(0)
@@ -199,6 +297,7 @@ def test_mask_channel_stays_binary_on_real_augmented_batches(stage_env):
     frac_non_binary, frac_masses_inside, n_masses = stats(dl_train, 10)
     assert frac_non_binary == 0.0
     assert n_masses > 0 and frac_masses_inside > 0.95  # the mask still matches the augmented label
+    unperturbed.images.clear()
     assert stats(dl_val, 2)[0] == 0.0
 
     # the same loader with nnU-Net's stock transforms: the mask channel is no longer binary
@@ -209,6 +308,26 @@ def test_mask_channel_stays_binary_on_real_augmented_batches(stage_env):
     torch.manual_seed(0)
     np.random.seed(0)
     assert stats(dl_train, 10)[0] > 0.05
+
+
+def test_mask_channel_perturbed_in_training_not_in_validation(stage_env):
+    """Train as you infer: nnU-Net's loader with the 223 trainer's transforms; each sample's image just before the
+    perturbation (right after ``RemoveLabelTansform``) is compared with the batch the loader returns."""
+    from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
+
+    from kits_plugins.training.transforms import BinarizeChannelsTransform
+
+    tr = _trainer("nnUNetTrainerKiTSSurface", 223)
+    tr.initialize()
+    dl_train, dl_val = tr.get_dataloaders()
+    batch, unperturbed = _batches_with_recorded(dl_train, _record_after(dl_train, RemoveLabelTansform), 10)
+    mask = batch[:, 1]
+    assert ((mask == 0) | (mask == 1)).all()
+    changed = (mask != unperturbed[:, 1]).flatten(1).any(1).float().mean()
+    assert 0.1 <= float(changed) <= 0.5  # 20 samples; expected about 0.4 x 0.5 + 0.2 x 0.5 minus overlaps, no-ops
+    assert torch.equal(batch[:, 0], unperturbed[:, 0])  # the CT channel is not touched
+    val, val_binarized = _batches_with_recorded(dl_val, _record_after(dl_val, BinarizeChannelsTransform), 4)
+    assert torch.equal(val, val_binarized)  # validation: thresholded, never perturbed
 
 
 # ----------------------------------------------------------------------------- short trainings (nnU-Net's own path)
