@@ -127,21 +127,35 @@ class PredictionJob:
     coarse_mask: Path | None = None
 
 
+def crops_json_name(num_parts: int = 1, part_id: int = 0) -> str:
+    """``crops.json`` of ``kits predict --save_probabilities``; one per part when prediction is sharded, so the
+    parts never write the same file."""
+    return CROPS_JSON if num_parts == 1 else f"crops_part{part_id}_of_{num_parts}.json"
+
+
 def prediction_jobs(
     inputs: str | os.PathLike,
     output_dir: str | os.PathLike,
     coarse_masks: str | os.PathLike | None = None,
     save_probabilities: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
 ) -> list[PredictionJob]:
     """The cases of ``inputs`` (file, folder, KiTS layout) and their outputs ``output_dir/<case>.nii.gz``, checked
-    before any model is loaded: case ids are plain names, every mask exists, no output replaces an input."""
+    before any model is loaded: case ids are plain names, every mask exists, no output replaces an input.
+
+    ``num_parts`` / ``part_id`` shard the work as ``nnUNetv2_predict`` does: this part gets ``cases[part_id::num_parts]``
+    of the cases sorted by id, so N jobs (GPUs, nodes) with part ids 0..N-1 write every case exactly once.
+    """
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise KitsInputError(f"-part_id {part_id} is not in 0..{num_parts - 1} (-num_parts {num_parts})")
     output_dir = Path(output_dir)
     jobs = [
         PredictionJob(case, ct, child_path(output_dir, f"{case}{FILE_ENDING}", ct),
                       mask_file(Path(coarse_masks), case) if coarse_masks is not None else None)
-        for case, ct in find_ct_inputs(inputs)
+        for case, ct in find_ct_inputs(inputs)[part_id::num_parts]
     ]
-    outputs = [j.output for j in jobs] + ([output_dir / CROPS_JSON] if save_probabilities else [])
+    outputs = [j.output for j in jobs] + ([output_dir / crops_json_name(num_parts, part_id)] if save_probabilities else [])
     inputs_used = [j.ct for j in jobs] + [j.coarse_mask for j in jobs if j.coarse_mask is not None]
     refuse_overwriting_inputs(outputs, inputs_used, "kits predict")
     return jobs
@@ -410,16 +424,18 @@ class KiTSCascadePredictor:
         output_dir: str | os.PathLike,
         coarse_masks: str | os.PathLike | None = None,
         progress: bool = True,
+        num_parts: int = 1,
+        part_id: int = 0,
     ) -> list[dict]:
         """Every case of ``inputs`` (file, folder, KiTS layout) -> ``output_dir/case_XXXXX.nii.gz``.
 
         ``coarse_masks``: a folder of ``case_XXXXX.nii.gz`` masks used instead of stage 221 (oracle mode).
-        With ``save_probabilities`` a ``crops.json`` next to the npz files records every ROI box.
+        ``num_parts`` / ``part_id``: only this shard of the cases (:func:`prediction_jobs`).
+        With ``save_probabilities`` a ``crops.json`` (:func:`crops_json_name`) next to the npz files records every ROI box.
         """
         from tqdm import tqdm
 
-
-        jobs = prediction_jobs(inputs, output_dir, coarse_masks, self.save_probabilities)
+        jobs = prediction_jobs(inputs, output_dir, coarse_masks, self.save_probabilities, num_parts, part_id)
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         infos, records, geoms = [], [], {}
@@ -435,5 +451,5 @@ class KiTSCascadePredictor:
                 rel = os.path.relpath(ct_path, output_dir)
                 records += [crop_record(case, k, b, g, rel, self.margin_mm) for k, b in enumerate(info["boxes"])]
         if self.save_probabilities:
-            write_crops_json(output_dir / CROPS_JSON, records, geoms)
+            write_crops_json(output_dir / crops_json_name(num_parts, part_id), records, geoms)
         return infos

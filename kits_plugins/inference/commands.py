@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from kits_plugins.constants import DEFAULT_MARGIN_MM, DEFAULT_MIN_ROI_VOLUME_MM3, PLANS_NAME
-from kits_plugins.utilities.arguments import fold, non_negative_float, non_negative_int, step_fraction
+from kits_plugins.utilities.arguments import fold, non_negative_float, non_negative_int, positive_int, step_fraction
 
 
 def _add_roi_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +56,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-empty-mask", choices=["zeros", "whole"], default="zeros",
                         help="empty coarse mask: write an all-zero map (default) or run the fine stages on the "
                              "whole image; both warn")
+    parser.add_argument("-num_parts", "--num-parts", dest="num_parts", type=positive_int, default=1,
+                        help="split the cases into this many parts (as nnUNetv2_predict: for several GPUs or jobs)")
+    parser.add_argument("-part_id", "--part-id", dest="part_id", type=non_negative_int, default=0,
+                        help="which part this run predicts, 0..num_parts-1: the cases [part_id::num_parts] in sorted order")
     parser.add_argument("--max-regrow", type=non_negative_int, default=2,
                         help="when stage 222's mask touches an inner face of its ROI (the coarse box cut the kidney), "
                              "grow the box by the margin on that side and rerun 222, at most this often (default 2; "
@@ -68,7 +72,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from kits_plugins.inference.model_discovery import stage_models
     from kits_plugins.utilities.memory import return_freed_memory_to_os
 
-    prediction_jobs(args.input, args.output, args.coarse_masks, args.save_probabilities)  # input errors first
+    jobs = prediction_jobs(args.input, args.output, args.coarse_masks, args.save_probabilities, args.num_parts,
+                           args.part_id)  # input errors before any model loads
+    if not jobs:
+        print(f"kits predict: part {args.part_id} of {args.num_parts} has no case")
+        return 0
     models = stage_models(
         folds=args.folds, plans=args.plans, checkpoint=args.checkpoint,
         coarse_trainer=args.coarse_trainer, fine_trainer=args.fine_trainer, masses_trainer=args.masses_trainer,
@@ -82,7 +90,8 @@ def run_predict(args: argparse.Namespace) -> int:
         postprocess=not args.no_postprocess, on_empty_mask=args.on_empty_mask, max_regrow=args.max_regrow,
         save_probabilities=args.save_probabilities, trust_checkpoints=args.trust_checkpoints,
     )
-    infos = predictor.predict(args.input, args.output, coarse_masks=args.coarse_masks)
+    infos = predictor.predict(args.input, args.output, coarse_masks=args.coarse_masks, num_parts=args.num_parts,
+                              part_id=args.part_id)
     print(f"kits predict: {len(infos)} case(s) written to {args.output}")
     return 0
 

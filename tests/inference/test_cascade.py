@@ -240,3 +240,34 @@ def test_empty_fine_mask_with_probabilities(results, make_case):
     res = pred.predict_array(ct, g, boxes=[[[30, 36], [0, 6], [0, 4]]])  # background only
     assert not res.segmentation.any() and res.probabilities[0]["masses"] is None
     assert res.probabilities[0]["fine"].shape[1:] == (6, 6, 4)
+
+
+def test_predict_in_parts_writes_every_case_exactly_once(results, tmp_path, capsys, make_case, write_case, monkeypatch):
+    from kits_plugins.cli import main
+    from kits_plugins.inference import cascade as cascade_module
+
+    ct, lab, g = make_case(shape=(20, 18, 8))
+    cases = [f"case_{i:05d}" for i in (3, 1, 9, 4, 0, 12, 7)]
+    for c in cases:
+        write_case(tmp_path / "in", c, ct, lab, g)
+    written: list[str] = []
+    original = cascade_module.KiTSCascadePredictor.predict_case
+
+    def spy(self, ct_path, out_path, coarse_mask_path=None, case=None):
+        written.append(case)
+        return original(self, ct_path, out_path, coarse_mask_path, case)
+
+    monkeypatch.setattr(cascade_module.KiTSCascadePredictor, "predict_case", spy)
+    parts = []
+    for k in range(3):
+        before = len(written)
+        assert main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--results", str(results),
+                     "--disable_tta", "-num_parts", "3", "-part_id", str(k), "--no-postprocess"]) == 0
+        parts.append(written[before:])
+    assert parts == [sorted(cases)[k::3] for k in range(3)]  # nnU-Net's convention: sorted cases, every Nth
+    assert sorted(written) == sorted(cases) and len(written) == len(set(written)) == 7
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{c}.nii.gz" for c in sorted(cases)]
+    capsys.readouterr()
+    assert main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--results", str(results),
+                 "-num_parts", "3", "-part_id", "3"]) == 2
+    assert "-part_id 3 is not in 0..2" in capsys.readouterr().err and not (tmp_path / "o2").exists()
