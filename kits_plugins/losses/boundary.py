@@ -7,12 +7,16 @@ and voxels outside down, proportionally to how far they are from the boundary.
 
 ``RegionDiceBCEBoundaryLoss`` adds it to an already-built nnU-Net region loss (``DC_and_BCE_loss``, possibly inside
 ``DeepSupervisionWrapper``) with a weight the trainer sets each epoch from ``BoundaryWeightSchedule``.
+
+Both take the maps precomputed (``distance_maps``: the surface trainer's augmentation workers compute them with the
+same ``sample_signed_distance_maps``) or compute them from the target themselves (for use outside the trainer).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -62,7 +66,11 @@ class BoundaryLoss(nn.Module):
 
     def distance_maps(self, target: torch.Tensor) -> torch.Tensor:
         """Signed distance maps of a (b, c, *spatial) region target, normalised as configured, without gradient."""
-        dist = batch_signed_distance_maps(target, self.spacing, parallel=self.parallel)
+        return self.normalized(batch_signed_distance_maps(target, self.spacing, parallel=self.parallel))
+
+    def normalized(self, dist: torch.Tensor) -> torch.Tensor:
+        """Maps in mm (b, c, *spatial) -> float32 maps normalised as ``normalize`` says."""
+        dist = dist.float()
         if self.normalize == "max":
             scale = dist.abs().flatten(2).amax(dim=2).clamp_min(1e-12)
             dist = dist / scale.view(*scale.shape, *([1] * (dist.ndim - 2)))
@@ -70,7 +78,9 @@ class BoundaryLoss(nn.Module):
             dist = dist / float(self.normalize)
         return dist
 
-    def forward(self, logits, target) -> torch.Tensor:
+    def forward(self, logits, target, distance_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of ``sigmoid(logits) * phi``. ``distance_maps``: the target's maps in mm (b, c, *spatial, as from
+        ``batch_signed_distance_maps``, without the ignore channel), else computed here from ``target``."""
         logits = _highest_resolution(logits)
         target = _highest_resolution(target)
         mask = None
@@ -79,7 +89,13 @@ class BoundaryLoss(nn.Module):
             target = target[:, :-1]
         if logits.shape != target.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same shape")
-        dist = self.distance_maps(target)
+        if distance_maps is None:
+            dist = self.distance_maps(target)
+        elif distance_maps.shape != target.shape:
+            raise ValueError(f"distance maps {tuple(distance_maps.shape)} do not match the target's regions "
+                             f"{tuple(target.shape)}")
+        else:
+            dist = self.normalized(distance_maps)
         probs = torch.sigmoid(logits.float())  # float32 also under AMP
         if mask is None:
             return torch.dot(probs.flatten(), dist.flatten()) / dist.numel()  # mean of the product, no temporary
@@ -95,9 +111,11 @@ class BoundaryWeightSchedule:
     region loss alone and shift weight to the boundary term over about the first half of training (their alpha
     rebalancing), because the boundary term alone cannot find the regions from scratch. Unlike them, nnU-Net's
     Dice+BCE keeps weight 1 throughout (its deep supervision and the cyst-free patches rely on it), and the boundary
-    term is added on top. With ``phi`` in mm and weight 0.5, a voxel at p = 0.5 receives the same gradient from the
-    boundary term as from BCE at about 4 mm from the boundary: the region loss still governs the boundary layer and
-    the boundary term dominates for gross errors further away. Use ``for_num_epochs`` for short schedules.
+    term is added on top. At p = 0.5 a voxel's logit gets ``w * 0.25 * phi`` from the boundary term (weight ``w``) and
+    ``w0 * 0.5`` from the full-resolution BCE, whose deep-supervision weight in nnU-Net's 6-stage 3d_fullres U-Net is
+    ``w0 = 1 / (1 + 1/2 + 1/4 + 1/8) = 8/15``: equal at ``phi = 2 * w0 / w``, about 2.1 mm at w = 0.5 (4 mm without
+    deep supervision). The region loss governs the boundary layer, the boundary term gross errors further away.
+    Use ``for_num_epochs`` for short schedules.
     """
 
     def __init__(self, start: float = 0.0, end: float = 0.5, ramp_start_epoch: int = 0, ramp_end_epoch: int = 500):
@@ -134,9 +152,13 @@ class RegionDiceBCEBoundaryLoss(nn.Module):
 
     ``region_loss`` is nnU-Net's region loss as built by the trainer (``DC_and_BCE_loss``, possibly wrapped in
     ``DeepSupervisionWrapper``): it gets the full deep-supervision lists; ``boundary_loss`` uses the highest
-    resolution only. The trainer sets ``boundary_weight`` each epoch. With weight 0 the distance maps are skipped when
-    ``skip_when_zero`` (saves the CPU time) and ``last_boundary_loss`` is NaN. ``last_region_loss`` and
-    ``last_boundary_loss`` hold the unweighted components of the last call, as floats, for logging.
+    resolution only. The trainer sets ``boundary_weight`` each epoch. With weight 0 the boundary term is skipped when
+    ``skip_when_zero`` (no term, no maps computed) and ``last_boundary_loss`` is NaN. ``last_region_loss`` and
+    ``last_boundary_loss`` give the unweighted components of the last call as floats, for logging (kept as detached
+    tensors until read, so the step itself never waits for the device).
+
+    Precomputed maps come as ``distance_maps`` or, for callers that only pass ``(output, target)`` (nnU-Net's
+    ``train_step`` / ``validation_step``), through ``given_distance_maps``; without them the maps are computed here.
     """
 
     def __init__(self, region_loss: nn.Module, boundary_loss: BoundaryLoss, boundary_weight: float = 0.0,
@@ -146,15 +168,36 @@ class RegionDiceBCEBoundaryLoss(nn.Module):
         self.boundary_loss = boundary_loss
         self.boundary_weight = float(boundary_weight)
         self.skip_when_zero = skip_when_zero
-        self.last_region_loss = math.nan
-        self.last_boundary_loss = math.nan
+        self._last_region: torch.Tensor | float = math.nan  # detached tensors: no device sync inside the step
+        self._last_boundary: torch.Tensor | float = math.nan
+        self._given_maps: torch.Tensor | None = None
 
-    def forward(self, output, target) -> torch.Tensor:
+    @property
+    def last_region_loss(self) -> float:
+        """Unweighted region loss of the last call (read after the step: on a GPU, reading waits for it)."""
+        return float(self._last_region)
+
+    @property
+    def last_boundary_loss(self) -> float:
+        """Unweighted boundary loss of the last call; NaN when it was skipped."""
+        return float(self._last_boundary)
+
+    @contextmanager
+    def given_distance_maps(self, distance_maps: torch.Tensor | None) -> Iterator[None]:
+        """Calls inside the block use ``distance_maps`` (None: compute them) unless a call passes its own."""
+        self._given_maps = distance_maps
+        try:
+            yield
+        finally:
+            self._given_maps = None
+
+    def forward(self, output, target, distance_maps: torch.Tensor | None = None) -> torch.Tensor:
         region = self.region_loss(output, target)
-        self.last_region_loss = float(region.detach())
+        self._last_region = region.detach()
         if self.boundary_weight == 0.0 and self.skip_when_zero:
-            self.last_boundary_loss = math.nan
+            self._last_boundary = math.nan
             return region
-        boundary = self.boundary_loss(output, target)
-        self.last_boundary_loss = float(boundary.detach())
+        maps = distance_maps if distance_maps is not None else self._given_maps
+        boundary = self.boundary_loss(output, target, distance_maps=maps)
+        self._last_boundary = boundary.detach()
         return region + self.boundary_weight * boundary

@@ -59,13 +59,32 @@ def signed_distance_map(mask: np.ndarray, spacing: Sequence[float], parallel: in
     return dist
 
 
+def sample_signed_distance_maps(inside: np.ndarray, spacing: Sequence[float], parallel: int = 1,
+                                out: np.ndarray | None = None) -> np.ndarray:
+    """Signed distance maps (float32, mm) of the (c, *spatial) boolean region masks of one sample (into ``out`` if
+    given: float32, same shape).
+
+    The per-sample step of ``batch_signed_distance_maps``, also run by the trainer's augmentation workers
+    (``kits_plugins.training.transforms.SignedDistanceMapsTransform``), so both give identical maps. A channel equal to
+    an earlier channel reuses its map (exact; nested regions often coincide: mass == tumor in a cyst-free patch).
+    """
+    if inside.ndim < 2:
+        raise ValueError(f"masks must be (c, *spatial), got shape {inside.shape}")
+    _check_spacing(spacing, inside.ndim - 1)
+    out = np.empty(inside.shape, dtype=np.float32) if out is None else out
+    for c in range(inside.shape[0]):
+        same = next((k for k in range(c) if np.array_equal(inside[k], inside[c])), None)
+        out[c] = out[same] if same is not None else signed_distance_map(inside[c], spacing, parallel=parallel)
+    return out
+
+
 def batch_signed_distance_maps(target: torch.Tensor, spacing: Sequence[float], parallel: int = 1) -> torch.Tensor:
     """Signed distance maps of every sample and channel of a (b, c, *spatial) binary target.
 
     Values > 0.5 (or True) count as inside. Returns float32 on ``target``'s device, without gradient. A channel that
     is absent (all zero) or full in a sample gives all zeros there: no boundary signal, the region loss still trains
     it. ``spacing`` is in the tensor's spatial axis order (for nnU-Net: ``configuration_manager.spacing``).
-    A channel equal to an earlier channel of the same sample reuses its map (exact; saves one transform).
+    Each sample goes through ``sample_signed_distance_maps`` (identical channels share one transform).
     """
     if target.ndim < 3:
         raise ValueError(f"target must be (b, c, *spatial), got shape {tuple(target.shape)}")
@@ -74,11 +93,5 @@ def batch_signed_distance_maps(target: torch.Tensor, spacing: Sequence[float], p
         inside = (target if target.dtype == torch.bool else target > 0.5).detach().to("cpu").numpy()
     out = np.empty(inside.shape, dtype=np.float32)
     for b in range(inside.shape[0]):
-        for c in range(inside.shape[1]):
-            # nested regions often coincide (mass == tumor in a cyst-free patch): reuse the map, it is the same
-            same = next((k for k in range(c) if np.array_equal(inside[b, k], inside[b, c])), None)
-            if same is not None:
-                out[b, c] = out[b, same]
-            else:
-                out[b, c] = signed_distance_map(inside[b, c], spacing, parallel=parallel)
+        sample_signed_distance_maps(inside[b], spacing, parallel=parallel, out=out[b])
     return torch.from_numpy(out).to(target.device, non_blocking=True)

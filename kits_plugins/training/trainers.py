@@ -10,7 +10,10 @@
   channel 1): nnU-Net's region loss (Dice+BCE with deep supervision) plus the Kervadec boundary loss on the
   full-resolution output, its weight following ``BoundaryWeightSchedule`` and logged every epoch; the mask
   channel stays binary through augmentation and at inference, and is perturbed in training as nnU-Net perturbs a
-  cascade's previous-stage segmentation (see ``kits_plugins.training.transforms``).
+  cascade's previous-stage segmentation (see ``kits_plugins.training.transforms``). The boundary loss's signed
+  distance maps are computed per sample in nnU-Net's augmentation workers, for training and validation
+  (``SignedDistanceMapsTransform``), and reach the loss as the batch key ``DISTANCE_MAPS_KEY``, moved to the device
+  with the target; the main process computes none.
 
 Elastic deformation stays off, as in nnU-Net v2 (``p_elastic_deform=0``); the ``_elastic`` variants turn it on
 (``ELASTIC``: probability 0.2 per sample; see docs/planning_and_training.md for the measured cost).
@@ -32,23 +35,32 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, cast
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from torch import nn
 
 from kits_plugins.losses.boundary import BoundaryLoss, BoundaryWeightSchedule, RegionDiceBCEBoundaryLoss
+from kits_plugins.training.data_loader import nnUNetDataLoaderWithExtras
 from kits_plugins.training.transforms import (
+    DISTANCE_MAPS_KEY,
     BinarizeInputChannels,
     ElasticDeformation,
     binarize_first,
     keep_channels_binary,
     perturb_channels,
+    with_distance_maps,
     with_elastic_deformation,
 )
 
@@ -121,6 +133,25 @@ def ignored_env_message(trainer_name: str, assignments: list[str]) -> str:
     honoured_by = " or ".join(variants) if all(v in __all__ for v in variants) else "the _short / _demo trainer variants"
     return (f"WARNING: {', '.join(assignments)} set but ignored: {trainer_name} trains its production schedule; "
             f"these variables are honoured only by {honoured_by}")
+
+
+def nnunet_augmenters(train_loader, val_loader, num_processes: int, pin_memory: bool
+                      ) -> tuple[NonDetMultiThreadedAugmenter | SingleThreadedAugmenter, ...]:
+    """nnU-Net's background augmenters for the two loaders, started (``nnUNetTrainer.get_dataloaders``, 2.8.1):
+    ``num_processes`` training and half as many validation workers, pinned batches on CUDA (every tensor of the batch
+    dict), or none for 0 processes."""
+    if num_processes == 0:
+        augmenters: tuple[NonDetMultiThreadedAugmenter | SingleThreadedAugmenter, ...] = (
+            SingleThreadedAugmenter(train_loader, None), SingleThreadedAugmenter(val_loader, None))
+    else:
+        augmenters = tuple(
+            NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=n, num_cached=cached,
+                                         seeds=None, pin_memory=pin_memory, wait_time=0.002)
+            for loader, n, cached in ((train_loader, num_processes, max(6, num_processes // 2)),
+                                      (val_loader, max(1, num_processes // 2), max(3, num_processes // 4))))
+    for augmenter in augmenters:
+        _ = next(augmenter)  # start the workers, as nnU-Net does
+    return augmenters
 
 
 def _inner_loss(loss: nn.Module) -> nn.Module:
@@ -214,6 +245,7 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
     boundary_schedule_start: float = 0.0
     boundary_schedule_end: float = 0.5
     boundary_ramp_fractions: tuple[float, float] = (0.0, 0.5)
+    distance_maps_in_workers: bool = True  # False: nnU-Net's loaders, maps computed by the loss in the main process
     log_keys = ("boundary_weights", "train_region_losses", "train_boundary_losses")
     schedule_env_vars = (*nnUNetTrainerKiTSBase.schedule_env_vars, ENV_BOUNDARY_SCHEDULE)
 
@@ -276,10 +308,23 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
         self.print_to_log_file(f"boundary loss weight: {w:.4g}")
 
     def train_step(self, batch: dict) -> dict:
-        out = super().train_step(batch)
+        with self._worker_distance_maps(batch):
+            out = super().train_step(batch)
         out["region_loss"] = float(self._surface_loss.last_region_loss)
         out["boundary_loss"] = float(self._surface_loss.last_boundary_loss)
         return out
+
+    def validation_step(self, batch: dict) -> dict:
+        with self._worker_distance_maps(batch):
+            return super().validation_step(batch)
+
+    def _worker_distance_maps(self, batch: dict) -> AbstractContextManager[None]:
+        """The loss uses the batch's worker-computed maps (popped, moved to the device like nnU-Net moves the target:
+        non-blocking, from the augmenter's pinned memory); a batch without them lets the loss compute its own."""
+        maps = batch.pop(DISTANCE_MAPS_KEY, None)
+        if maps is not None:
+            maps = maps.to(self.device, non_blocking=True)
+        return self._surface_loss.given_distance_maps(maps)
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         region = [o.pop("region_loss") for o in train_outputs]
@@ -291,6 +336,53 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
         self._log("train_boundary_losses", b)
         self.print_to_log_file(f"train region loss {r:.4f}, boundary loss {b:.4f} "
                                f"(weight {self._surface_loss.boundary_weight:.4g})")
+
+    # ----- distance maps in the augmentation workers
+    def get_dataloaders(self):
+        """nnU-Net's ``get_dataloaders`` (nnunetv2 2.8.1: same datasets, loaders, augmenters and settings, tested
+        against it), with ``SignedDistanceMapsTransform`` after the training and validation transforms and loaders
+        that keep its output (``nnUNetDataLoaderWithExtras``): the boundary term's maps are made per sample in the
+        augmentation workers, for validation too (the validation loss stays the training objective, comparable with
+        the training loss in nnU-Net's log and progress plot). ``distance_maps_in_workers = False``: nnU-Net's own
+        loaders, and the loss computes the maps in the main process."""
+        if not self.distance_maps_in_workers:
+            self.print_to_log_file("boundary loss distance maps: computed in the main process (training and validation)")
+            return super().get_dataloaders()
+        unannotated: Any = self  # nnU-Net's __init__ sets dataset_class = None (so typed None) and the folder
+        if unannotated.dataset_class is None:
+            unannotated.dataset_class = infer_dataset_class(unannotated.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        tr_transforms, val_transforms, initial_patch_size = self._nnunet_transforms()
+        spacing, has_ignore = self.configuration_manager.spacing, self.label_manager.ignore_label is not None
+        loaders = [nnUNetDataLoaderWithExtras(
+            dataset, self.batch_size, size, patch_size, self.label_manager,
+            oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
+            pad_sides=None, transforms=with_distance_maps(transforms, spacing, has_ignore),
+            probabilistic_oversampling=self.probabilistic_oversampling, extra_keys=(DISTANCE_MAPS_KEY,))
+            for dataset, size, transforms in zip(self.get_tr_and_val_datasets(), (initial_patch_size, patch_size),
+                                                 (tr_transforms, val_transforms))]
+        n_proc = get_allowed_n_proc_DA()
+        where = (f"{n_proc} training and {max(1, n_proc // 2)} validation augmentation workers" if n_proc
+                 else "the data loader (nnUNet_n_proc_DA=0: no workers)")
+        self.print_to_log_file(f"boundary loss distance maps: computed per sample in {where}; the validation loss "
+                               "includes the boundary term")
+        return nnunet_augmenters(loaders[0], loaders[1], n_proc, pin_memory=self.device.type == "cuda")
+
+    def _nnunet_transforms(self) -> tuple[ComposeTransforms, ComposeTransforms, tuple[int, ...]]:
+        """Training and validation transforms and the initial patch size, built as ``nnUNetTrainer.get_dataloaders``
+        builds them."""
+        ds_scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        lm = self.label_manager
+        regions = lm.foreground_regions if lm.has_regions else None
+        tr_transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=lm.foreground_labels, regions=regions, ignore_label=lm.ignore_label)
+        val_transforms = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded,
+                                                        foreground_labels=lm.foreground_labels, regions=regions,
+                                                        ignore_label=lm.ignore_label)
+        return tr_transforms, val_transforms, initial_patch_size
 
     # ----- binary mask channel
     @classmethod

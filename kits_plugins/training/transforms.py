@@ -21,6 +21,10 @@ truth. ``perturb_channels`` adds nnU-Net's own perturbation of a previous-stage 
 removal of a random connected component; same classes, probabilities and parameters) on the mask channels, at
 nnU-Net's place for it: after the spatial transform, binarisation, mirroring and ``RemoveLabelTansform``.
 
+``SignedDistanceMapsTransform`` computes the boundary loss's signed distance maps of a sample's regions in the
+augmentation workers (the surface trainer appends it after the region conversion and deep-supervision downsampling),
+so that the main process does not compute them (see ``kits_plugins.training.data_loader`` for the batch key).
+
 ``with_elastic_deformation`` turns on the elastic deformation of nnU-Net's ``SpatialTransform`` (off in nnU-Net v2
 and in this package's trainers by default; the ``_elastic`` trainer variants use it).
 """
@@ -47,7 +51,10 @@ from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
 from torch import nn
 
+from kits_plugins.losses.distance import sample_signed_distance_maps
+
 STASH_KEY = "kits_binary_channels"
+DISTANCE_MAPS_KEY = "kits_distance_maps"  # the sample's / batch's signed distance maps (mm) of the target's regions
 
 # nnU-Net's perturbation of the previous stage's segmentation, as ``nnUNetTrainer.get_training_transforms`` configures
 # it with ``is_cascaded`` (nnunetv2 2.8.1; a test compares these with nnU-Net's own pipeline)
@@ -89,6 +96,38 @@ class RestoreChannelsTransform(BasicTransform):
         if stashed is not None and data_dict.get("image") is not None:
             data_dict["image"][self.channels] = stashed.to(data_dict["image"].dtype)
         return data_dict
+
+
+class SignedDistanceMapsTransform(BasicTransform):
+    """Signed distance maps (float32, mm) of the full-resolution region target, stored under ``key``.
+
+    Runs last in the pipeline: ``segmentation`` is then nnU-Net's region target (bool, one channel per region, the
+    ignore mask last when ``ignore_channel``), or its deep-supervision list (entry 0 is full resolution). The maps are
+    those of ``BoundaryLoss`` (``sample_signed_distance_maps``): same regions (ignore channel dropped), same
+    ``spacing`` (the configuration's, in the tensor's axis order)."""
+
+    def __init__(self, spacing: Sequence[float], ignore_channel: bool = False, key: str = DISTANCE_MAPS_KEY):
+        super().__init__()
+        self.spacing = tuple(float(s) for s in spacing)
+        self.ignore_channel = ignore_channel
+        self.key = key
+
+    def apply(self, data_dict: dict, **params) -> dict:
+        seg = data_dict.get("segmentation")
+        if seg is None:
+            return data_dict
+        full = seg[0] if isinstance(seg, list | tuple) else seg
+        regions = full[:-1] if self.ignore_channel else full
+        inside = (regions if regions.dtype == torch.bool else regions > 0.5).numpy()
+        data_dict[self.key] = torch.from_numpy(sample_signed_distance_maps(inside, self.spacing))
+        return data_dict
+
+
+def with_distance_maps(transforms: ComposeTransforms, spacing: Sequence[float],
+                       ignore_channel: bool = False) -> ComposeTransforms:
+    """``transforms`` followed by ``SignedDistanceMapsTransform`` (after the region conversion and deep-supervision
+    downsampling: the maps are those of the final full-resolution target). Returns a new ``ComposeTransforms``."""
+    return ComposeTransforms([*transforms.transforms, SignedDistanceMapsTransform(spacing, ignore_channel)])
 
 
 def _spatial_index(ts: list[BasicTransform]) -> int:

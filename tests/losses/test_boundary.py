@@ -188,3 +188,63 @@ def test_region_plus_boundary_composition(deep_supervision, ellipsoid):
     assert combined(output, tgt).item() == pytest.approx(region(output, tgt).item(), rel=1e-6)
     assert math.isnan(combined.last_boundary_loss)
     pickle.loads(pickle.dumps(combined))  # trainers and their losses must survive nnU-Net's spawned workers
+
+
+# ------------------------------------------------------------------------ precomputed maps (the trainer's workers)
+@pytest.mark.parametrize("normalize", ["none", "max", 4.0])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_precomputed_maps_equal_the_loss_own_maps(normalize, ignore, ellipsoid):
+    gt = ellipsoid((8, 12, 14), (3, 5, 6))
+    regions = np.stack([gt, ndimage.binary_erosion(gt, iterations=2)])
+    channels = [*regions, np.pad(np.ones((8, 12, 3), bool), ((0, 0), (0, 0), (0, 11)))] if ignore else list(regions)
+    target = torch.from_numpy(np.stack(channels))[None].repeat(2, 1, 1, 1, 1)
+    loss = BoundaryLoss(SPACING, normalize=normalize, ignore_channel=ignore)
+    maps = batch_signed_distance_maps(target[:, :2], SPACING)  # what the workers hand over: mm, no ignore channel
+    logits = torch.randn(2, 2, *gt.shape, requires_grad=True)
+    own = loss(logits, target)
+    (grad_own,) = torch.autograd.grad(own, logits)
+    given = loss(logits, target, distance_maps=maps)
+    (grad_given,) = torch.autograd.grad(given, logits)
+    assert given.item() == own.item() != 0.0
+    assert torch.equal(grad_given, grad_own)
+    with pytest.raises(ValueError, match="distance maps"):
+        loss(logits, target, distance_maps=maps[:, :1])
+
+
+def test_composition_uses_given_maps_only_inside_the_block(ellipsoid):
+    gt = ellipsoid((8, 12, 14), (3, 5, 6))
+    target = target_of(gt, ndimage.binary_erosion(gt, iterations=2))
+    logits = torch.randn(target.shape)
+    combined = RegionDiceBCEBoundaryLoss(_nnunet_region_loss(False), BoundaryLoss(SPACING), boundary_weight=0.5)
+    own = combined(logits, target).item()
+    b_own = combined.last_boundary_loss
+    maps = batch_signed_distance_maps(target, SPACING)
+    with combined.given_distance_maps(maps):
+        assert combined(logits, target).item() == own
+        assert combined(logits, target, distance_maps=2 * maps).item() == pytest.approx(own + 0.5 * b_own, rel=1e-6)
+    with pytest.raises(RuntimeError), combined.given_distance_maps(2 * maps):
+        raise RuntimeError
+    assert combined(logits, target).item() == own  # the block's maps are gone, also after an error
+    assert isinstance(combined.last_region_loss, float) and isinstance(combined.last_boundary_loss, float)
+
+
+def test_crossover_with_nnunet_deep_supervision_is_about_2_mm():
+    """At p = 0.5 the full-resolution BCE (nnU-Net's deep-supervision weight 8/15 for a 6-stage U-Net) and the
+    boundary term at weight 0.5 pull equally on a logit at |phi| = 2 * (8/15) / 0.5 = 2.13 mm (docs/losses.md)."""
+    weights = np.array([1 / 2**i for i in range(5)])  # nnUNetTrainer._build_loss: 5 outputs, lowest one dropped
+    weights[-1] = 0
+    weights /= weights.sum()
+    assert weights[0] == pytest.approx(8 / 15)
+    gt = np.zeros((1, 1, 40), bool)
+    gt[..., :20] = True  # half-space: |phi| = 0.25, 0.5, ... mm at 0.25 mm spacing
+    spacing = (1.0, 1.0, 0.25)
+    target = target_of(gt)
+    logits = torch.zeros(target.shape, requires_grad=True)  # p = 0.5 everywhere
+    low = [torch.zeros(1, 1, 1, 1, 40 // 2**i) for i in range(1, 5)]  # the other outputs: no gradient to logits
+    bce = DeepSupervisionWrapper(torch.nn.BCEWithLogitsLoss(), weights.tolist())
+    (g_bce,) = torch.autograd.grad(bce([logits, *low], [target, *[t.round() for t in low]]), logits)
+    (g_boundary,) = torch.autograd.grad(0.5 * BoundaryLoss(spacing)(logits, target), logits)
+    phi = np.abs(signed_distance_map(gt, spacing)).ravel()
+    ratio = (g_boundary.abs() / g_bce.abs()).flatten().numpy()
+    np.testing.assert_allclose(ratio, phi / (2 * (8 / 15) / 0.5), rtol=1e-5)
+    assert (ratio[phi < 2.1] < 1).all() and (ratio[phi > 2.15] > 1).all()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kits_plugins.losses import batch_signed_distance_maps, signed_distance_map
+from kits_plugins.losses.distance import sample_signed_distance_maps
 
 torch.set_num_threads(1)
 
@@ -117,3 +118,20 @@ def test_batch_maps_reuse_identical_channels_exactly(ellipsoid):
 def test_batch_maps_reject_wrong_spacing_length():
     with pytest.raises(ValueError, match="spatial axes"):
         batch_signed_distance_maps(torch.zeros(1, 1, 4, 4, 4), (1.0, 1.0))
+
+
+def test_sample_maps_are_the_batch_maps_of_one_sample(ellipsoid):
+    tumor = ellipsoid((8, 12, 14), (2, 3, 3), center=(4, 6, 8))
+    cyst = ellipsoid((8, 12, 14), (1.5, 2, 2), center=(3, 3, 3))
+    inside = np.stack([tumor | cyst, tumor, tumor])
+    maps = sample_signed_distance_maps(inside, SPACING)
+    assert maps.dtype == np.float32 and maps.shape == inside.shape
+    np.testing.assert_array_equal(maps, batch_signed_distance_maps(torch.from_numpy(inside[None]), SPACING)[0].numpy())
+    np.testing.assert_array_equal(maps[2], signed_distance_map(tumor, SPACING))
+    out = np.full(inside.shape, np.nan, dtype=np.float32)
+    assert sample_signed_distance_maps(inside, SPACING, out=out) is out
+    np.testing.assert_array_equal(out, maps)
+    with pytest.raises(ValueError, match="spatial axes"):
+        sample_signed_distance_maps(inside, SPACING[:2])
+    with pytest.raises(ValueError, match="c, \\*spatial"):
+        sample_signed_distance_maps(tumor[0, 0], (1.0,))

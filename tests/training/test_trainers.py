@@ -1,7 +1,7 @@
 """``kits_plugins.training.trainers``: the cascade trainers' schedules and environment overrides, their losses, the
 binary and perturbed mask channel on real augmented batches (``kits_plugins.training.transforms`` inside the
-trainer), elastic deformation (off; on in the ``_elastic`` variants), and short CPU trainings through nnU-Net's own
-run_training / nnUNetv2_train."""
+trainer), elastic deformation (off; on in the ``_elastic`` variants), the surface trainer's distance maps from
+nnU-Net's augmentation workers, and short CPU trainings through nnU-Net's own run_training / nnUNetv2_train."""
 
 from __future__ import annotations
 
@@ -22,7 +22,13 @@ from kits_plugins.planning.planning import plan_and_preprocess
 from kits_plugins.testing.tiny_datasets import tiny_case, write_tiny_stage_dataset
 from kits_plugins.training import trainers
 from kits_plugins.training.commands import trainer_path
-from kits_plugins.training.transforms import BinarizeInputChannels, PerturbChannelsTransform
+from kits_plugins.training.data_loader import nnUNetDataLoaderWithExtras
+from kits_plugins.training.transforms import (
+    DISTANCE_MAPS_KEY,
+    BinarizeInputChannels,
+    PerturbChannelsTransform,
+    SignedDistanceMapsTransform,
+)
 
 torch.set_num_threads(1)
 
@@ -328,6 +334,148 @@ def test_mask_channel_perturbed_in_training_not_in_validation(stage_env):
     assert torch.equal(batch[:, 0], unperturbed[:, 0])  # the CT channel is not touched
     val, val_binarized = _batches_with_recorded(dl_val, _record_after(dl_val, BinarizeChannelsTransform), 4)
     assert torch.equal(val, val_binarized)  # validation: thresholded, never perturbed
+
+
+# ------------------------------------------------------------ boundary distance maps in the augmentation workers
+def _loader_of(augmenter):
+    """The data loader inside nnU-Net's augmenter (multi-process or single-threaded)."""
+    return getattr(augmenter, "generator", None) or augmenter.data_loader
+
+
+def _finish(augmenters) -> None:
+    for augmenter in augmenters:
+        if hasattr(augmenter, "_finish"):
+            augmenter._finish()
+
+
+def _loss_and_grads(loss, output: list[torch.Tensor], target, maps: torch.Tensor | None):
+    """Value, boundary component and gradients on ``output`` of the surface loss given ``maps`` (None: its own)."""
+    out = [o.clone().requires_grad_(True) for o in output]
+    with loss.given_distance_maps(maps):  # what the trainer's steps do with the batch key
+        value = loss(out, target)
+    value.backward()
+    return value.detach(), loss.last_boundary_loss, [o.grad for o in out]
+
+
+class _Spy:
+    """Wraps a trainer's transform builder: records the arguments (as text) and the result of each call."""
+
+    def __init__(self, build, calls: list) -> None:
+        self.build, self.calls = build, calls
+
+    def __call__(self, *args, **kwargs):
+        result = self.build(*args, **kwargs)
+        self.calls.append((self.build.__name__, repr((args, sorted(kwargs.items()))), result))
+        return result
+
+
+def test_worker_distance_maps_give_the_main_process_loss_and_gradient(stage_env, monkeypatch):
+    """nnU-Net's augmenter with 2 worker processes on the surface trainer's loaders: each training and validation
+    batch carries the maps, and the loss and its gradient from them equal the loss's own main-process computation."""
+    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "2")
+    tr = _trainer("nnUNetTrainerKiTSSurface", 223)
+    tr.initialize()
+    tr.loss.boundary_weight = 0.5
+    augmenters = tr.get_dataloaders()
+    try:
+        boundary_terms = []
+        for augmenter in augmenters:  # training, validation
+            assert isinstance(augmenter, NonDetMultiThreadedAugmenter) and augmenter.num_processes >= 1
+            for _ in range(3):
+                batch = next(augmenter)
+                maps, target = batch[DISTANCE_MAPS_KEY], batch["target"]
+                assert maps.dtype == torch.float32 and maps.shape == target[0].shape  # full resolution, 2 regions
+                with torch.no_grad():
+                    output = tr.network(batch["data"])
+                v_worker, b_worker, g_worker = _loss_and_grads(tr.loss, output, target, maps)
+                v_main, b_main, g_main = _loss_and_grads(tr.loss, output, target, None)
+                torch.testing.assert_close(v_worker, v_main, rtol=0, atol=1e-6)
+                assert b_worker == pytest.approx(b_main, rel=0, abs=1e-6)
+                for gw, gm in zip(g_worker, g_main, strict=True):
+                    torch.testing.assert_close(gw, gm, rtol=0, atol=1e-6)
+                boundary_terms.append(b_worker)
+        assert sum(b != 0 for b in boundary_terms) >= 3  # patches with regions: the maps carry a real signal
+    finally:
+        _finish(augmenters)
+
+
+def test_surface_steps_use_the_batch_maps_and_compute_none(stage_env, monkeypatch):
+    """train_step and validation_step move the batch's maps to the device and the loss uses them: the main process
+    computes no distance map (a batch without them falls back to the loss's own computation)."""
+    import kits_plugins.losses.boundary as boundary_module
+
+    tr = _trainer("nnUNetTrainerKiTSSurface", 223)
+    tr.initialize()
+    tr.loss.boundary_weight = 0.5
+    dl_train, dl_val = tr.get_dataloaders()
+    batches = [next(dl_train), next(dl_train), next(dl_val)]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("distance maps computed in the main process")
+
+    monkeypatch.setattr(boundary_module, "batch_signed_distance_maps", refuse)
+    out = tr.train_step(batches[0])
+    assert math.isfinite(out["boundary_loss"]) and math.isfinite(out["region_loss"])
+    tr.network.eval()
+    with torch.no_grad():
+        val = tr.validation_step(batches[2])
+    assert np.isfinite(val["loss"]) and math.isfinite(tr.loss.last_boundary_loss)  # validation loss: with the term
+    tr.network.train()
+    del batches[1][DISTANCE_MAPS_KEY]
+    with pytest.raises(AssertionError, match="main process"):
+        tr.train_step(batches[1])
+
+
+@pytest.mark.parametrize("n_proc", ["0", "2"])
+def test_surface_loaders_are_nnunets_plus_distance_maps(stage_env, monkeypatch, n_proc):
+    """The surface trainer's ``get_dataloaders`` builds what nnU-Net's builds (same transform arguments, loader and
+    augmenter settings) with the maps transform appended and a loader that keeps its output."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", n_proc)
+    tr = _trainer("nnUNetTrainerKiTSSurface", 223)
+    tr.initialize()
+    calls: list[tuple[str, str, object]] = []
+    for name in ("get_training_transforms", "get_validation_transforms"):
+        monkeypatch.setattr(tr, name, _Spy(getattr(tr, name), calls))
+    ours = tr.get_dataloaders()
+    ours_calls, calls[:] = list(calls), []
+    theirs = nnUNetTrainer.get_dataloaders(tr)
+    loader_settings = ("batch_size", "patch_size", "final_patch_size", "oversample_foreground_percent",
+                       "annotated_classes_key", "has_ignore", "indices", "sampling_probabilities", "pad_sides",
+                       "patch_size_was_2d")
+    augmenter_settings = ("num_processes", "num_cached", "pin_memory", "wait_time", "transform", "seeds")
+    try:
+        assert [c[:2] for c in ours_calls] == [c[:2] for c in calls]  # same arguments to the transform builders
+        for a, b, built in zip(ours, theirs, [c[2] for c in ours_calls], strict=True):
+            assert type(a) is type(b)
+            assert [getattr(a, k, None) for k in augmenter_settings] == [getattr(b, k, None) for k in augmenter_settings]
+            la, lb = _loader_of(a), _loader_of(b)
+            assert type(la) is nnUNetDataLoaderWithExtras and type(lb).__name__ == "nnUNetDataLoader"
+            assert repr([getattr(la, k) for k in loader_settings]) == repr([getattr(lb, k) for k in loader_settings])
+            assert la.get_do_oversample.__func__ is lb.get_do_oversample.__func__
+            assert la.need_to_pad.tolist() == lb.need_to_pad.tolist()
+            assert la._data.identifiers == lb._data.identifiers and type(la._data) is type(lb._data)
+            *pipeline, maps = la.transforms.transforms
+            assert pipeline == built.transforms  # the very transforms nnU-Net's arguments built, then the maps
+            assert isinstance(maps, SignedDistanceMapsTransform) and la.extra_keys == (DISTANCE_MAPS_KEY,)
+            assert maps.spacing == TARGET and maps.ignore_channel is False
+    finally:
+        _finish([*ours, *theirs])
+
+
+def test_surface_trainer_can_keep_the_maps_in_the_main_process(stage_env, monkeypatch):
+    monkeypatch.setattr(trainers.nnUNetTrainerKiTSSurface, "distance_maps_in_workers", False)
+    tr = _trainer("nnUNetTrainerKiTSSurface", 223)
+    tr.initialize()
+    tr.loss.boundary_weight = 0.5
+    dl_train, _ = tr.get_dataloaders()
+    batch = next(dl_train)
+    assert DISTANCE_MAPS_KEY not in batch and type(dl_train.data_loader).__name__ == "nnUNetDataLoader"
+    assert math.isfinite(tr.train_step(batch)["boundary_loss"])
+    assert "computed in the main process" in Path(tr.log_file).read_text()
 
 
 # ----------------------------------------------------------------------------- short trainings (nnU-Net's own path)
