@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "paste-rois": ("kits_plugins.inference.commands", "paste per-ROI predictions back into full-size label maps"),
     "postprocess": ("kits_plugins.postprocessing.commands", "remove small components and lesions outside the kidneys"),
     "evaluate": ("kits_plugins.evaluation.commands", "KiTS23 HEC Dice and Surface Dice, as the challenge computes them"),
+    "workflow": ("kits_plugins.workflow.commands", "run the whole cascade as a Snakemake workflow (laptop or cluster)"),
+    "workflow-path": ("kits_plugins.workflow.commands", "print the workflow's Snakefile (snakemake -s ...)"),
     "demo": ("kits_plugins.demo.commands", "end-to-end demo on synthetic data (CPU, minutes)"),
 }
 
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: subcommands whose arguments after ``--`` go to another program unchanged (``args.passthrough``)
+PASSTHROUGH = ("workflow",)
+
 #: environment variables read as integers by nnU-Net (at import time) or by this package
 INTEGER_ENVIRONMENT = ("nnUNet_def_n_proc", "nnUNet_n_proc_DA")
 
@@ -68,9 +73,21 @@ def check_environment() -> None:
             raise KitsInputError(f"environment variable {name}={raw!r}: expected a positive integer")
 
 
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``kits workflow ... -- ARGS``: the arguments before the first ``--`` and those after (for another program);
+    other commands keep ``--`` for argparse."""
+    if argv and argv[0] in PASSTHROUGH and "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    own, passthrough = split_passthrough(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(own)
+    if passthrough:
+        args.passthrough = passthrough
     if not args.command:
         parser.print_help()
         return 2

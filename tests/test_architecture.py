@@ -3,7 +3,7 @@ at module level or inside a function).
 
 Layers (docs/architecture.md): the ground floor (``constants``, ``errors``, ``utilities``, ``losses``) imports no
 stage; the stages (``dataset_conversion``, ``planning``, ``training``, ``inference``, ``evaluation``,
-``postprocessing``, ``synthetic``) import no ``demo`` or ``cli``; ``inference`` does not import
+``postprocessing``, ``synthetic``) import no ``demo``, ``workflow`` or ``cli``; ``workflow`` imports no ``demo``; ``inference`` does not import
 ``dataset_conversion``; nothing in the package imports ``kits_plugins.testing`` (helpers of tests and benchmarks).
 """
 
@@ -17,7 +17,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "kits_plugins"
 GROUND = ("constants", "errors", "utilities", "losses")
 STAGES = ("dataset_conversion", "planning", "training", "inference", "evaluation", "postprocessing", "synthetic")
-TOP = ("demo", "cli")
+TOP = ("demo", "workflow", "cli")
 
 
 def module_name(path: Path, root: Path = PACKAGE.parent) -> str:
@@ -116,7 +116,9 @@ def test_layers():
             elif lm in ("ground", "root") and lt in ("stage", "top"):
                 bad.append(f"{module} -> {t} (the ground floor imports no stage)")
             elif lm == "stage" and lt == "top":
-                bad.append(f"{module} -> {t} (stages import no demo/cli)")
+                bad.append(f"{module} -> {t} (stages import no demo/workflow/cli)")
+            elif module.startswith("kits_plugins.workflow") and t.startswith("kits_plugins.demo"):
+                bad.append(f"{module} -> {t} (the demo runs the workflow, not the other way round)")
             elif module.startswith("kits_plugins.inference") and t.startswith("kits_plugins.dataset_conversion"):
                 bad.append(f"{module} -> {t} (inference imports no dataset_conversion)")
     assert not bad, "layer violations:\n" + "\n".join(bad)

@@ -66,7 +66,7 @@ def test_os_errors_become_one_line(monkeypatch, capsys):
     assert err.strip() == "kits evaluate: error: /data/out/case_00001.nii.gz: Permission denied"
 
 
-HEAVY = ("torch", "nnunetv2", "SimpleITK")
+HEAVY = ("torch", "nnunetv2", "SimpleITK", "snakemake")
 HELP_PROBE = """
 import sys
 from kits_plugins.cli import main
@@ -78,8 +78,9 @@ print("HEAVY:" + ",".join(m for m in {heavy!r} if m in sys.modules))
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["predict", "--help"], ["postprocess", "--help"], ["demo", "--help"]])
-def test_help_imports_neither_torch_nor_nnunet_nor_simpleitk(argv):
+@pytest.mark.parametrize("argv", [["--help"], ["predict", "--help"], ["postprocess", "--help"], ["demo", "--help"],
+                                  ["workflow", "--help"]])
+def test_help_imports_neither_torch_nor_nnunet_nor_simpleitk_nor_snakemake(argv):
     out = subprocess.run([sys.executable, "-c", HELP_PROBE.format(heavy=HEAVY), *argv], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY:", out.stdout  # every subcommand's parser is built
@@ -95,3 +96,11 @@ def test_predict_accepts_nnunet_spellings_and_dashed_aliases():
     assert vars(nnunet) == vars(dashed)
     assert (nnunet.folds, nnunet.device, nnunet.disable_tta, nnunet.step_size, nnunet.save_probabilities,
             nnunet.checkpoint) == ([0, 1], "cuda", True, 0.7, True, "checkpoint_best.pth")
+
+
+def test_workflow_arguments_after_double_dash_go_to_snakemake():
+    assert cli.split_passthrough(["workflow", "c.yaml", "-n", "--", "--config", "a=1", "--", "x"]) == (
+        ["workflow", "c.yaml", "-n"], ["--config", "a=1", "--", "x"])
+    assert cli.split_passthrough(["evaluate", "--", "-p", "r"]) == (["evaluate", "--", "-p", "r"], [])  # argparse's
+    args = cli.build_parser().parse_args(["workflow", "c.yaml", "--cores", "4"])
+    assert args.passthrough == [] and args.cores == "4" and not args.dry_run
