@@ -1,207 +1,90 @@
-"""The end-to-end demo: synthetic cases -> convert -> stages -> plan -> train -> predict -> evaluate.
+"""The end-to-end demo: the workflow (kits_plugins/workflow) with the shipped ``demo.yaml``, on local cores.
 
-Every step runs the same ``kits`` / ``nnUNetv2_train`` command a user would type, in a child process,
-so its wall time and peak RSS are measured on their own (``os.wait4``). Finished steps leave a marker
-in ``WORKDIR/.steps``; a rerun skips them, ``--fresh`` starts over.
+``kits demo`` writes the demo's configuration (``demo.yaml`` with the command line's changes) to
+``WORKDIR/demo_config.yaml`` and runs Snakemake in ``WORKDIR``: synthetic cases -> convert -> stages -> plan ->
+train -> predict -> evaluate -> report, each job the ``kits`` / ``nnUNetv2_train`` command a user would type.
+Snakemake skips finished jobs on a rerun (and redoes the ones whose settings changed); ``--fresh`` starts over.
+Per-step wall time and peak RSS come from Snakemake's benchmark files (``summary.json``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from kits_plugins import __version__
-from kits_plugins.constants import PLANS_NAME
 from kits_plugins.utilities.staging import atomic_write_bytes
 
 MARKER = ".kits-demo"
+CONFIG_NAME = "demo_config.yaml"
 
 
-def nnunet_command(name: str) -> str:
-    """An nnU-Net console script of this interpreter's environment (the venv need not be on PATH)."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found next to {sys.executable} nor on PATH: is nnunetv2 installed?")
-    return found
+def demo_defaults() -> dict:
+    """The shipped ``demo.yaml``: the demo's data, schedule and resources."""
+    from kits_plugins.workflow.config import load_yaml, shipped_config
+
+    return load_yaml(shipped_config("demo.yaml"))
 
 
 @dataclass
-class DemoSettings:
-    """Defaults sized for 2 CPU cores and about 15 minutes (see README, "The demo")."""
+class DemoOptions:
+    """What ``kits demo``'s command line changes in ``demo.yaml``."""
 
-    workdir: Path = Path("kits_demo")
-    train_cases: int = 12
-    test_cases: int = 4
-    seed: int = 0
-    device: str = "cpu"
-    shape: tuple[int, int, int] = (64, 128, 128)  # z (S-I), y (A-P), x (R-L)
-    spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)  # mm, same order
-    target_spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)  # fine stages (S-I, A-P, R-L), mm
-    coarse_spacing: tuple[float, float, float] = (8.0, 8.0, 8.0)  # 3d_lowres of the coarse stage, mm
-    epochs: dict[str, int] = field(default_factory=lambda: {"221": 26, "222": 14, "223": 34})
-    iterations: int = 25
-    trainers: dict[str, str] = field(
-        default_factory=lambda: {
-            "221": "nnUNetTrainerKiTSCoarse_demo",
-            "222": "nnUNetTrainerKiTSFine_demo",
-            "223": "nnUNetTrainerKiTSSurface_demo",
-        }
-    )
+    workdir: Path
+    train_cases: int
+    test_cases: int
+    device: str
+    seed: int
+    iterations: int
+    epochs_scale: float = 1.0
 
 
-@dataclass
-class StepResult:
-    name: str
-    command: str
-    wall_s: float
-    peak_rss_mb: float
-    skipped: bool = False
+def demo_config(defaults: dict, o: DemoOptions) -> dict:
+    """``demo.yaml`` with the options applied; every path absolute, inside the working folder."""
+    c = copy.deepcopy(defaults)
+    w = Path(o.workdir).resolve()
+    c.update(workdir=str(w), kits_dir=str(w / "kits_train"), test_dir=str(w / "kits_test"), device=o.device,
+             iterations=o.iterations)
+    c["synthetic"].update(train_cases=o.train_cases, test_cases=o.test_cases, seed=o.seed)
+    c["derive"]["seed"] = o.seed
+    c["epochs"] = {k: max(1, round(v * o.epochs_scale)) for k, v in c["epochs"].items()}
+    return c
 
 
-class Demo:
-    def __init__(self, settings: DemoSettings):
-        self.s = settings
-        self.w = Path(settings.workdir).resolve()
-        self.steps_dir = self.w / ".steps"
-        self.results: list[StepResult] = []
+def write_demo_config(config: dict, workdir: Path) -> Path:
+    """The demo's configuration as ``WORKDIR/demo_config.yaml`` (rewritten each run: Snakemake reads it)."""
+    import yaml
 
-    # ---------------------------------------------------------------- environment
-    def env(self) -> dict[str, str]:
-        from kits_plugins.training.commands import ext_trainer_paths
+    path = workdir / CONFIG_NAME
+    atomic_write_bytes(path, yaml.safe_dump(config, sort_keys=False).encode())
+    return path
 
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env.update(
-            nnUNet_raw=str(self.w / "nnUNet_raw"),
-            nnUNet_preprocessed=str(self.w / "nnUNet_preprocessed"),
-            nnUNet_results=str(self.w / "nnUNet_results"),
-            nnUNet_extTrainer=ext_trainer_paths(env.get("nnUNet_extTrainer")),
-            nnUNet_compile="false",
-        )
-        env.setdefault("nnUNet_def_n_proc", "2")
-        env.setdefault("nnUNet_n_proc_DA", "2")
-        env["KITS_ITERS"] = str(self.s.iterations)
-        return env
 
-    # ---------------------------------------------------------------- step runner
-    def run_step(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> StepResult:
-        marker = self.steps_dir / f"{name}.json"
-        cmd = shlex.join(argv)
-        if marker.exists():
-            prev = json.loads(marker.read_text())
-            res = StepResult(name, cmd, prev["wall_s"], prev["peak_rss_mb"], skipped=True)
-            print(f"[demo] {name}: done earlier ({prev['wall_s']:.0f} s), skipping")
-            self.results.append(res)
-            return res
-        print(f"\n[demo] {name}: $ {cmd}", flush=True)
-        env = self.env()
-        if extra_env:
-            env.update(extra_env)
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, cwd=self.w)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise RuntimeError(f"demo step '{name}' failed (exit {proc.returncode}): {cmd}")
-        res = StepResult(name, cmd, wall, usage.ru_maxrss / 1024.0)
-        self.steps_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(marker, json.dumps(asdict(res), indent=1).encode())
-        print(f"[demo] {name}: {wall:.1f} s, peak RSS {res.peak_rss_mb:.0f} MB", flush=True)
-        self.results.append(res)
-        return res
+def run_demo_workflow(config: dict, cores: int) -> tuple[int, float]:
+    """Run the workflow for ``config`` in its working folder; returns Snakemake's exit status and wall time."""
+    from kits_plugins.workflow.commands import prepare_run, run_snakemake, snakemake_argv
+    from kits_plugins.workflow.config import check_config
 
-    def kits(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "kits_plugins.cli", *args]
+    check_config(config)  # one-line errors before Snakemake starts
+    w = Path(config["workdir"])
+    w.mkdir(parents=True, exist_ok=True)
+    (w / MARKER).write_text("kits demo working directory\n")
+    extra = ["--resources", "gpu=1"] if config["device"] == "cuda" else []  # one GPU: one GPU job at a time
+    config_file = write_demo_config(config, w)
+    prepare_run(w, config_file, [], cwd=w)
+    argv = snakemake_argv(config_file, cores=str(cores), extra=extra)
+    t0 = time.perf_counter()
+    rc = run_snakemake(argv, cwd=w, env={"nnUNet_compile": "false"})
+    return rc, time.perf_counter() - t0
 
-    # ---------------------------------------------------------------- the pipeline
-    def run(self) -> dict:
-        s = self.s
-        self.w.mkdir(parents=True, exist_ok=True)
-        (self.w / MARKER).write_text("kits demo working directory\n")
-        t_start = time.perf_counter()
-        shape = [str(v) for v in s.shape]
-        spacing = [str(v) for v in s.spacing]
-        self.run_step("synth_train", self.kits("synth", "kits_train", "--overwrite", "--cases", str(s.train_cases),
-                                                "--seed", str(s.seed), "--shape", *shape, "--spacing", *spacing))
-        self.run_step("synth_test", self.kits("synth", "kits_test", "--overwrite", "--cases", str(s.test_cases),
-                                               "--seed", str(s.seed + 10_000), "--first-case", str(s.train_cases),
-                                               "--shape", *shape, "--spacing", *spacing))
-        self.run_step("convert", self.kits("convert", "kits_train", "--overwrite"))
-        self.run_step("derive_stages", self.kits("derive-stages", "--overwrite", "--seed", str(s.seed)))
-        self.run_step("plan", self.kits("plan", "-d", "221", "222", "223", "-np", "2",
-                                        "--target-spacing", *[str(v) for v in s.target_spacing],
-                                        "--coarse-spacing", *[str(v) for v in s.coarse_spacing],
-                                        "--demo-network"))
-        for ds, config in (("221", "3d_lowres"), ("222", "3d_fullres"), ("223", "3d_fullres")):
-            self.run_step(
-                f"train_{ds}",
-                [nnunet_command("nnUNetv2_train"), ds, config, "all", "-tr", s.trainers[ds],
-                 "-p", PLANS_NAME, "-device", s.device],
-                extra_env={"KITS_EPOCHS": str(s.epochs[ds])},
-            )
-        self.run_step("predict", self.kits("predict", "-i", "kits_test", "-o", "predictions", "-f", "all",
-                                           "-device", s.device, "--disable_tta",
-                                           "--coarse-trainer", s.trainers["221"],
-                                           "--fine-trainer", s.trainers["222"],
-                                           "--masses-trainer", s.trainers["223"]))
-        self.run_step("evaluate", self.kits("evaluate", "predictions", "kits_test", "-o", "evaluation.csv"))
-        pngs = self.figures()
-        total = time.perf_counter() - t_start
-        return self.summary(total, pngs)
 
-    def figures(self) -> list[str]:
-        from kits_plugins.demo.figures import save_case_png
-        from kits_plugins.utilities.image_io import read_image
+def read_summary(workdir: Path) -> dict:
+    path = workdir / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
-        out = []
-        for case_dir in sorted((self.w / "kits_test").glob("case_*")):
-            pred_file = self.w / "predictions" / f"{case_dir.name}.nii.gz"
-            if not pred_file.exists():
-                continue
-            ct, g = read_image(case_dir / "imaging.nii.gz")
-            gt, _ = read_image(case_dir / "segmentation.nii.gz")
-            pred, _ = read_image(pred_file)
-            png = save_case_png(ct, gt, pred, g, self.w / "figures" / f"{case_dir.name}.png", title=case_dir.name)
-            out.append(str(png.relative_to(self.w)))
-        return out
 
-    def summary(self, total_s: float, pngs: list[str]) -> dict:
-        from importlib.metadata import version
-
-        import torch
-
-        metrics = {}
-        ev_json = self.w / "evaluation.json"
-        if ev_json.exists():
-            metrics = json.loads(ev_json.read_text())
-        summary = {
-            "kits_cascade": __version__,
-            "versions": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "nnunetv2": version("nnunetv2"),
-                "platform": platform.platform(),
-                "cpu_count": os.cpu_count(),
-            },
-            "seed": self.s.seed,
-            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.s).items()
-                         if k != "workdir"},
-            "steps": [asdict(r) for r in self.results],
-            "total_wall_s_this_run": total_s,
-            "metrics": metrics,
-            "figures": pngs,
-        }
-        atomic_write_bytes(self.w / "summary.json", json.dumps(summary, indent=1, default=str).encode())
-        return summary
+def default_cores() -> int:
+    return os.cpu_count() or 1

@@ -1,48 +1,30 @@
-"""``kits_plugins.demo.pipeline``: the demo's step runner (markers, resume, failures) and the environment of its
-steps."""
+"""``kits_plugins.demo.pipeline``: ``kits demo``'s options applied to demo.yaml, and the configuration it writes."""
 
 from __future__ import annotations
 
-import sys
-
-import pytest
-
-from kits_plugins.demo.pipeline import Demo, DemoSettings
+from kits_plugins.demo.pipeline import CONFIG_NAME, DemoOptions, demo_config, demo_defaults, write_demo_config
+from kits_plugins.workflow.config import check_config, load_yaml
 
 
-def test_step_runs_once_then_resumes(tmp_path):
-    demo = Demo(DemoSettings(workdir=tmp_path))
-    tmp_path.mkdir(exist_ok=True)
-    out = tmp_path / "count.txt"
-    cmd = [sys.executable, "-c", f"open({str(out)!r}, 'a').write('x')"]
-    first = demo.run_step("touch", cmd)
-    assert not first.skipped and first.wall_s > 0 and first.peak_rss_mb > 1
-    second = demo.run_step("touch", cmd)
-    assert second.skipped and out.read_text() == "x"  # not run again
+def test_options_change_the_matching_keys(tmp_path):
+    defaults = demo_defaults()
+    o = DemoOptions(workdir=tmp_path / "d", train_cases=6, test_cases=2, device="cuda", seed=3, iterations=10,
+                    epochs_scale=4)
+    c = demo_config(defaults, o)
+    w = (tmp_path / "d").resolve()
+    assert (c["workdir"], c["kits_dir"], c["test_dir"]) == (str(w), str(w / "kits_train"), str(w / "kits_test"))
+    assert c["synthetic"] == {**defaults["synthetic"], "train_cases": 6, "test_cases": 2, "seed": 3}
+    assert c["derive"]["seed"] == 3 and c["device"] == "cuda" and c["iterations"] == 10
+    assert c["epochs"] == {"221": 104, "222": 56, "223": 136}
+    assert defaults == demo_defaults()  # not changed in place
+    small = demo_config(defaults, DemoOptions(tmp_path, 12, 4, "cpu", 0, 25, epochs_scale=0.01))
+    assert small["epochs"] == {"221": 1, "222": 1, "223": 1}
 
 
-def test_env_puts_the_shim_first_and_keeps_the_users_trainer_folders(tmp_path, monkeypatch):
-    import os
-
-    from kits_plugins.training.commands import trainer_path
-
-    shim = str(trainer_path())
-    monkeypatch.setenv("nnUNet_extTrainer", os.pathsep.join(["/opt/my_trainers", shim]))
-    env = Demo(DemoSettings(workdir=tmp_path)).env()
-    assert env["nnUNet_extTrainer"].split(os.pathsep) == [shim, "/opt/my_trainers"]
-    assert env["nnUNet_results"] == str(tmp_path.resolve() / "nnUNet_results") and env["nnUNet_compile"] == "false"
-    monkeypatch.delenv("nnUNet_extTrainer")
-    assert Demo(DemoSettings(workdir=tmp_path)).env()["nnUNet_extTrainer"] == shim
-    # the predictor's loader uses the same rule on its own process
-    from kits_plugins.inference.model_discovery import ensure_ext_trainer_path
-
-    monkeypatch.setenv("nnUNet_extTrainer", "/opt/my_trainers")
-    ensure_ext_trainer_path()
-    assert os.environ["nnUNet_extTrainer"].split(os.pathsep) == [shim, "/opt/my_trainers"]
-
-
-def test_failed_step_raises_and_leaves_no_marker(tmp_path):
-    demo = Demo(DemoSettings(workdir=tmp_path))
-    with pytest.raises(RuntimeError, match="demo step 'boom' failed \\(exit 3\\)"):
-        demo.run_step("boom", [sys.executable, "-c", "raise SystemExit(3)"])
-    assert not (tmp_path / ".steps" / "boom.json").exists()
+def test_the_written_configuration_is_valid(tmp_path):
+    o = DemoOptions(workdir=tmp_path, train_cases=12, test_cases=4, device="cpu", seed=0, iterations=25)
+    c = demo_config(demo_defaults(), o)
+    path = write_demo_config(c, tmp_path)
+    assert path == tmp_path / CONFIG_NAME and load_yaml(path) == c
+    checked = check_config(load_yaml(path), "/elsewhere")  # absolute paths: read the same from any folder
+    assert checked["workdir"] == str(tmp_path.resolve())
