@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kits_plugins.constants import FILE_ENDING
-from kits_plugins.utilities import roi
+from kits_plugins.utilities import dicom_io, roi
 from kits_plugins.utilities.crops import (
     CROPS_JSON,
     CropRecord,
@@ -44,8 +44,8 @@ from kits_plugins.utilities.crops import (
     write_crops_json,
     write_ct_crop,
 )
-from kits_plugins.utilities.ct_io import read_ct
-from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_label, write_image
+from kits_plugins.utilities.ct_io import read_ct, read_ct_geometry
+from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_label, write_image
 from kits_plugins.utilities.labels import MASSES_LABELS, combine_stage_outputs, decode_masses, kidney_mask
 from kits_plugins.utilities.paths import check_id, child_path, refuse_overwriting_inputs
 
@@ -66,14 +66,20 @@ def case_id_from_path(path: str | os.PathLike) -> str:
 
 
 def find_ct_inputs(path: str | os.PathLike) -> list[tuple[str, Path]]:
-    """(case id, CT file) pairs from a file, a folder of NIfTIs or the KiTS layout, sorted by case id.
+    """(case id, CT) pairs from a file, a folder of NIfTIs, the KiTS layout or DICOM, sorted by case id.
 
     A folder is read as the KiTS layout if it has ``*/imaging.nii.gz``, else as nnU-Net input if it has
-    ``*_0000.nii.gz`` files (other channels are ignored), else every ``*.nii.gz`` is a case. Case ids must be
-    plain names (they name the outputs).
+    ``*_0000.nii.gz`` files (other channels are ignored), else every ``*.nii.gz`` is a case. A folder without
+    any of these is DICOM: one series folder, or a folder whose immediate subfolders each hold one series; the
+    CT of such a case is its series folder, its id from :func:`kits_plugins.utilities.dicom_io.series_case_ids`
+    (every series' headers are checked here, before any work). NIfTI CTs and DICOM series in one input, and a
+    single DICOM file, are refused. Case ids must be plain names (they name the outputs).
     """
     path = Path(path)
     if path.is_file():
+        if dicom_io.is_dicom_file(path):
+            raise KitsInputError(f"{path}: a single DICOM file; give the folder holding its series (one series per "
+                                 "folder) or a folder of such folders")
         return [(case_id_from_path(path), path)]
     if not path.is_dir():
         raise KitsInputError(f"{path}: input does not exist")
@@ -84,11 +90,20 @@ def find_ct_inputs(path: str | os.PathLike) -> list[tuple[str, Path]]:
         files = sorted(path.glob("*_0000.nii.gz")) or sorted(
             p for p in path.glob("*.nii.gz") if not p.name.startswith(".")
         )
-    if not files:
-        raise KitsInputError(
-            f"{path}: no CT found (looked for case_XXXXX/imaging.nii.gz, *_0000.nii.gz and *.nii.gz)"
-        )
-    pairs = [(check_id(case_id_from_path(f), f), f) for f in files]
+    if files:
+        dicom = dicom_io.dicom_folders(path)
+        if dicom:
+            raise KitsInputError(f"{path}: holds NIfTI CTs ({len(files)}) and DICOM files (in {dicom[0]}); give them "
+                                 "as separate inputs")
+        pairs = [(check_id(case_id_from_path(f), f), f) for f in files]
+    else:
+        series = dicom_io.find_dicom_series(path)
+        if not series:
+            raise KitsInputError(
+                f"{path}: no CT found (looked for case_XXXXX/imaging.nii.gz, *_0000.nii.gz, *.nii.gz and DICOM series "
+                "in the folder or its subfolders)"
+            )
+        pairs = list(zip(dicom_io.series_case_ids(series), [s.folder for s in series]))
     seen: dict[str, Path] = {}
     for case, f in pairs:
         if case in seen:
@@ -226,7 +241,7 @@ def paste_rois(
         if ref is not None:
             if case not in refs:
                 raise KitsInputError(f"{ref}: no reference CT for {case}")
-            rg = read_geometry(refs[case])
+            rg = read_ct_geometry(refs[case])
             if not rg.matches(g):
                 raise KitsInputError(f"{refs[case]}: header differs from crops.json ({rg.describe_mismatch(g)})")
             g = rg

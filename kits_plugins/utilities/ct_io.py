@@ -5,6 +5,9 @@ memory of float32), else converted to float32. NaN or infinite intensities are r
 no network output means anything on them. ITK's NIfTI reader turns NaN and inf into 0, so for NIfTI files
 stored as floating point the stored values are checked with a reader that keeps them (nibabel, streamed in
 chunks); integer CTs, the usual case, pay nothing.
+
+A folder is a DICOM series (:mod:`kits_plugins.utilities.dicom_io`: header checks, then SimpleITK's series
+reader, values in HU, int16 where lossless); the same NaN/inf policy applies to it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import cast
 import numpy as np
 
 from kits_plugins.errors import KitsInputError
-from kits_plugins.utilities.image_io import Geometry, read_image
+from kits_plugins.utilities.dicom_io import read_dicom_geometry, read_dicom_series
+from kits_plugins.utilities.image_io import Geometry, read_geometry, read_image
 
 #: CT types kept as stored by :func:`read_ct`: every value exact in float32, at most 4 bytes
 NATIVE_CT_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.float32))
@@ -88,9 +92,15 @@ def check_ct_finite(path: str | os.PathLike, array: np.ndarray | None = None) ->
 def read_ct(path: str | os.PathLike, view: bool = False) -> tuple[np.ndarray, Geometry]:
     """A CT as stored (see :data:`NATIVE_CT_DTYPES`) or as float32, with its exact header; NaN/inf rejected.
 
+    ``path`` is an image file or a folder holding one DICOM series (:func:`read_dicom_series`).
+
     ``view=True`` returns SimpleITK's own read-only buffer when the stored type is kept (no copy: for code that
     only crops from the CT); otherwise one copy is made, in the type kept.
     """
+    if Path(path).is_dir():
+        ct, g = read_dicom_series(path)  # a fresh array, already in a kept type
+        check_ct_finite(Path(path), ct)
+        return ct, g
     buffer, g = read_image(path, view=True)
     keep = buffer.dtype in NATIVE_CT_DTYPES
     ct = buffer if (view and keep) else np.array(buffer, dtype=buffer.dtype if keep else np.float32)
@@ -98,6 +108,13 @@ def read_ct(path: str | os.PathLike, view: bool = False) -> tuple[np.ndarray, Ge
     if ct.dtype.kind == "f":
         check_ct_finite(Path(path), ct)
     return ct, g
+
+
+def read_ct_geometry(path: str | os.PathLike) -> Geometry:
+    """The header :func:`read_ct` gives for ``path`` (an image file or a DICOM series folder), without the voxels."""
+    if Path(path).is_dir():
+        return read_dicom_geometry(path)
+    return read_geometry(path)
 
 
 def compact_ct(ct: np.ndarray) -> np.ndarray:
