@@ -16,7 +16,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kits_plugins"
 GROUND = ("constants", "errors", "utilities", "losses")
-STAGES = ("dataset_conversion", "planning", "training", "inference", "evaluation", "postprocessing", "synthetic")
+STAGES = ("dataset_conversion", "planning", "training", "inference", "evaluation", "postprocessing", "synthetic",
+          "statistics", "models")
 TOP = ("demo", "workflow", "cli")
 
 

@@ -92,7 +92,7 @@ def versions() -> dict:
 def make_figures(test_dir: Path, predictions: Path, out: Path) -> list[Path]:
     """One PNG per predicted test case: an axial slice through each kidney with CT, ground truth and prediction."""
     from kits_plugins.utilities.image_io import read_image
-    from kits_plugins.workflow.figures import save_case_png
+    from kits_plugins.utilities.preview import save_case_png
 
     written = []
     for case_dir in sorted(test_dir.glob("case_*")):

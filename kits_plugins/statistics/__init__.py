@@ -1,0 +1,1 @@
+"""Per-kidney and per-lesion measurements of KiTS label maps (kits statistics, kits predict --statistics)."""
