@@ -42,15 +42,21 @@ from kits_plugins.constants import (
 )
 from kits_plugins.inference import nnunet_predictor as nnp
 from kits_plugins.inference.coarse import LowresLabelMap, coarse_lowres
+from kits_plugins.inference.outputs import (
+    CaseOutputs,
+    check_dicom_seg_inputs,
+    planned_paths,
+    write_case_outputs,
+    write_statistics_table,
+)
 from kits_plugins.inference.stage_io import find_ct_inputs, mask_file
 from kits_plugins.postprocessing.remove_components import postprocess_segmentation
 from kits_plugins.utilities import roi
 from kits_plugins.utilities.crops import CROPS_JSON, crop_id, crop_record, write_crops_json
-from kits_plugins.utilities.ct_io import read_ct
+from kits_plugins.utilities.ct_io import read_ct, read_ct_geometry
 from kits_plugins.utilities.image_io import (
     Geometry,
     KitsInputError,
-    read_geometry,
     read_label,
     write_image,
 )
@@ -140,9 +146,11 @@ def prediction_jobs(
     save_probabilities: bool = False,
     num_parts: int = 1,
     part_id: int = 0,
+    outputs: CaseOutputs | None = None,
 ) -> list[PredictionJob]:
-    """The cases of ``inputs`` (file, folder, KiTS layout) and their outputs ``output_dir/<case>.nii.gz``, checked
-    before any model is loaded: case ids are plain names, every mask exists, no output replaces an input.
+    """The cases of ``inputs`` (file, folder, KiTS layout, DICOM series) and their outputs ``<case>.nii.gz``, checked
+    before any model is loaded: case ids are plain names, every mask exists, no output replaces an input (nor do
+    the other files of ``outputs``: :mod:`kits_plugins.inference.outputs`), a DICOM SEG has a DICOM series input.
 
     ``num_parts`` / ``part_id`` shard the work as ``nnUNetv2_predict`` does: this part gets ``cases[part_id::num_parts]``
     of the cases sorted by id, so N jobs (GPUs, nodes) with part ids 0..N-1 write every case exactly once.
@@ -150,14 +158,18 @@ def prediction_jobs(
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise KitsInputError(f"-part_id {part_id} is not in 0..{num_parts - 1} (-num_parts {num_parts})")
     output_dir = Path(output_dir)
+    outputs = outputs or CaseOutputs()
+    cts = find_ct_inputs(inputs)[part_id::num_parts]
+    check_dicom_seg_inputs(cts, outputs)
     jobs = [
         PredictionJob(case, ct, child_path(output_dir, f"{case}{FILE_ENDING}", ct),
                       mask_file(Path(coarse_masks), case) if coarse_masks is not None else None)
-        for case, ct in find_ct_inputs(inputs)[part_id::num_parts]
+        for case, ct in cts
     ]
-    outputs = [j.output for j in jobs] + ([output_dir / crops_json_name(num_parts, part_id)] if save_probabilities else [])
+    written = [j.output for j in jobs] + ([output_dir / crops_json_name(num_parts, part_id)] if save_probabilities else [])
+    written += planned_paths(output_dir, [j.case for j in jobs], outputs, num_parts, part_id)
     inputs_used = [j.ct for j in jobs] + [j.coarse_mask for j in jobs if j.coarse_mask is not None]
-    refuse_overwriting_inputs(outputs, inputs_used, "kits predict")
+    refuse_overwriting_inputs(written, inputs_used, "kits predict")
     return jobs
 
 
@@ -386,8 +398,11 @@ class KiTSCascadePredictor:
         out_path: str | os.PathLike,
         coarse_mask_path: str | os.PathLike | None = None,
         case: str | None = None,
+        outputs: CaseOutputs | None = None,
     ) -> dict:
-        """Read the CT once, run the cascade, write ``out_path`` with the CT's exact header; info dict."""
+        """Read the CT once, run the cascade, write ``out_path`` with the CT's exact header (and the other files of
+        ``outputs``, next to it); info dict, with the case's ``statistics`` when they are asked for."""
+        outputs = outputs or CaseOutputs()
         t = time.perf_counter()
         ct, g = read_ct(ct_path)
         mask = None
@@ -397,14 +412,21 @@ class KiTSCascadePredictor:
                 raise KitsInputError(f"{coarse_mask_path}: geometry differs from CT {ct_path} ({mg.describe_mismatch(g)})")
         read_s = time.perf_counter() - t
         result = self.predict_array(ct, g, mask)
+        kept_ct = ct if outputs.needs_ct else None
         del ct, mask
         result.timings["read"] = read_s
         t = time.perf_counter()
-        write_image(result.segmentation, g, out_path)
+        name = case or Path(out_path).name[: -len(FILE_ENDING)]
+        if outputs.nifti:
+            write_image(result.segmentation, g, out_path)
         if result.probabilities:
-            self._write_probabilities(Path(out_path).parent, case or Path(out_path).name[: -len(FILE_ENDING)], result, g)
+            self._write_probabilities(Path(out_path).parent, name, result, g)
+        stats = write_case_outputs(name, ct_path, result.segmentation, kept_ct, g, Path(out_path).parent, outputs)
         result.timings["write"] = time.perf_counter() - t
-        return result.info(case)
+        info = result.info(case)
+        if stats is not None:
+            info["statistics"] = stats
+        return info
 
     @staticmethod
     def _write_probabilities(out_dir: Path, case: str, result: CascadeResult, g: Geometry) -> None:
@@ -426,8 +448,10 @@ class KiTSCascadePredictor:
         progress: bool = True,
         num_parts: int = 1,
         part_id: int = 0,
+        outputs: CaseOutputs | None = None,
     ) -> list[dict]:
-        """Every case of ``inputs`` (file, folder, KiTS layout) -> ``output_dir/case_XXXXX.nii.gz``.
+        """Every case of ``inputs`` (file, folder, KiTS layout, DICOM series folders) -> ``output_dir/<case>.nii.gz``
+        and the other files of ``outputs`` (:mod:`kits_plugins.inference.outputs`).
 
         ``coarse_masks``: a folder of ``case_XXXXX.nii.gz`` masks used instead of stage 221 (oracle mode).
         ``num_parts`` / ``part_id``: only this shard of the cases (:func:`prediction_jobs`).
@@ -435,7 +459,8 @@ class KiTSCascadePredictor:
         """
         from tqdm import tqdm
 
-        jobs = prediction_jobs(inputs, output_dir, coarse_masks, self.save_probabilities, num_parts, part_id)
+        outputs = outputs or CaseOutputs()
+        jobs = prediction_jobs(inputs, output_dir, coarse_masks, self.save_probabilities, num_parts, part_id, outputs)
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         infos, records, geoms = [], [], {}
@@ -443,13 +468,15 @@ class KiTSCascadePredictor:
         for job in bar:
             case, ct_path = job.case, job.ct
             bar.set_postfix_str(case)
-            info = self.predict_case(ct_path, job.output, job.coarse_mask, case)
+            info = self.predict_case(ct_path, job.output, job.coarse_mask, case, outputs)
             infos.append(info)
             tqdm.write(timing_line(info))
             if self.save_probabilities:
-                g = geoms[case] = read_geometry(ct_path)
+                g = geoms[case] = read_ct_geometry(ct_path)  # a NIfTI file or a DICOM series folder
                 rel = os.path.relpath(ct_path, output_dir)
                 records += [crop_record(case, k, b, g, rel, self.margin_mm) for k, b in enumerate(info["boxes"])]
         if self.save_probabilities:
             write_crops_json(output_dir / crops_json_name(num_parts, part_id), records, geoms)
+        if outputs.statistics and infos:
+            write_statistics_table(output_dir, [i["statistics"] for i in infos], num_parts, part_id)
         return infos
