@@ -449,8 +449,22 @@ class _DemoSchedule(_ShortSchedule):
     """``kits demo`` trains with fold ``all``, whose final validation would only re-predict the training cases:
     skip it (the demo evaluates on held-out cases instead)."""
 
+    #: progress.png is redrawn every this many epochs and after the last one: matplotlib takes about 1 s per
+    #: drawing on a laptop CPU, 7-10% of a demo epoch (nnU-Net redraws it after every epoch)
+    plot_every = 5
+
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("final validation skipped (kits demo trains fold 'all'; it evaluates held-out cases)")
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch
+        if (epoch + 1) % self.plot_every == 0 or epoch == self.num_epochs - 1:
+            return super().on_epoch_end()
+        setattr(self.logger, "plot_progress_png", lambda *args, **kwargs: None)  # noqa: B010 (this epoch only)
+        try:
+            return super().on_epoch_end()
+        finally:
+            delattr(self.logger, "plot_progress_png")
 
 
 class nnUNetTrainerKiTSCoarse_demo(_DemoSchedule, nnUNetTrainerKiTSCoarse):

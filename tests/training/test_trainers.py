@@ -209,6 +209,29 @@ def test_schedule_defaults_and_env(stage_env, monkeypatch):
         assert (tr.num_epochs, tr.num_iterations_per_epoch, tr.num_val_iterations_per_epoch) == (3, 5, 1)
 
 
+def test_demo_trainers_redraw_progress_every_fifth_epoch_and_after_the_last(stage_env, monkeypatch):
+    tr = _trainer("nnUNetTrainerKiTSFine_demo", 222)
+    tr.num_epochs = 12
+    drawn: list[int] = []
+
+    class Logger:  # nnU-Net's logger, as on_epoch_end uses it
+        def log(self, *args):
+            pass
+
+        def get_value(self, key, step):
+            return [0.5] if key == "dice_per_class_or_region" else 0.5
+
+        def plot_progress_png(self, folder):
+            drawn.append(tr.current_epoch)
+
+    tr.logger = Logger()
+    monkeypatch.setattr(tr, "save_checkpoint", lambda filename: None)
+    for _ in range(12):
+        tr.on_epoch_end()
+    assert drawn == [4, 9, 11] and tr.current_epoch == 12
+    assert "plot_progress_png" not in vars(tr.logger)  # the logger is left as it was
+
+
 @pytest.mark.parametrize("name", ["nnUNetTrainerKiTSCoarse", "nnUNetTrainerKiTSFine"])
 def test_production_trainers_ignore_and_announce_schedule_env(stage_env, monkeypatch, capsys, name):
     """A leftover KITS_EPOCHS in the shell must not shorten a production model; the trainer says it ignores it."""
