@@ -107,11 +107,12 @@ def test_shipped_configurations(tmp_path):
 
 def test_demo_yaml_keeps_the_demos_schedule_and_data():
     """The demo's settings (its accuracy and time are measured with these; 15 iterations per epoch since 25 took
-    20 minutes of steps on the 2-core machine)."""
+    20 minutes of steps on the 2-core machine; the fine stage got more epochs when 14 of 15 iterations left it
+    at kidney Dice 0.82)."""
     d = load_yaml(shipped_config("demo.yaml"))
     assert d["synthetic"] == {"train_cases": 12, "test_cases": 4, "seed": 0, "shape": [64, 128, 128],
                               "spacing": [4.0, 3.0, 3.0]}
-    assert d["epochs"] == {"221": 26, "222": 14, "223": 34} and d["iterations"] == 15
+    assert d["epochs"] == {"221": 24, "222": 26, "223": 28} and d["iterations"] == 15
     assert d["trainers"] == {"221": "nnUNetTrainerKiTSCoarse_demo", "222": "nnUNetTrainerKiTSFine_demo",
                              "223": "nnUNetTrainerKiTSSurface_demo"}
     assert d["plan"]["target_spacing"] == [4.0, 3.0, 3.0] and d["plan"]["coarse_spacing"] == [8.0, 8.0, 8.0]
