@@ -253,9 +253,9 @@ def test_predict_in_parts_writes_every_case_exactly_once(results, tmp_path, caps
     written: list[str] = []
     original = cascade_module.KiTSCascadePredictor.predict_case
 
-    def spy(self, ct_path, out_path, coarse_mask_path=None, case=None):
+    def spy(self, ct_path, out_path, coarse_mask_path=None, case=None, outputs=None):
         written.append(case)
-        return original(self, ct_path, out_path, coarse_mask_path, case)
+        return original(self, ct_path, out_path, coarse_mask_path, case, outputs)
 
     monkeypatch.setattr(cascade_module.KiTSCascadePredictor, "predict_case", spy)
     parts = []
