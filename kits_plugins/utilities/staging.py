@@ -80,7 +80,8 @@ def temp_prefix(name: str) -> str:
     return f".{name}.{owner_tag()}."
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -101,7 +102,7 @@ def is_stale(path: Path, now: float | None = None) -> bool:
         return False
     if age > STALE_AFTER_S:
         return True
-    return owned is not None and owned["host"] == _host() and not _pid_alive(int(owned["pid"]))
+    return owned is not None and owned["host"] == _host() and not pid_alive(int(owned["pid"]))
 
 
 def remove_stale(folder: str | os.PathLike) -> list[Path]:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from kits_plugins.errors import KitsInputError
+from kits_plugins.utilities.staging import pid_alive
 
 
 def add_workflow_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,16 +139,6 @@ def run_snakemake(argv: list[str], cwd: str | os.PathLike | None = None, env: di
 OWNER_FILE = ".snakemake/kits_workflow_owner.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def prepare_run(workdir: Path, config_file: Path, entries: list[str], cwd: str | os.PathLike | None = None) -> None:
     """Before a run (not a dry run): when a run started by ``kits`` on this host was killed outright (SIGKILL, out of
     memory, a closed session), Snakemake's lock on ``workdir`` is left behind and would stop every later run; it is
@@ -159,7 +150,7 @@ def prepare_run(workdir: Path, config_file: Path, entries: list[str], cwd: str |
     except (FileNotFoundError, json.JSONDecodeError):
         owner = None
     host = socket.gethostname()
-    if owner is not None and owner.get("host") == host and _alive(int(owner.get("pid", 0))):
+    if owner is not None and owner.get("host") == host and pid_alive(int(owner.get("pid", 0))):
         return  # a live run: Snakemake refuses the lock itself
     locks = list((workdir / ".snakemake" / "locks").glob("*.lock"))
     if locks and owner is not None and owner.get("host") == host:
