@@ -24,6 +24,12 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         "--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=list(DEFAULT_SPACING),
         help=f"procedural voxel spacing in mm, same order (default {' '.join(map(str, DEFAULT_SPACING))})",
     )  # fmt: skip
+    parser.add_argument(
+        "--label-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+        help="with --from-labels: resample each label map to this spacing in mm (anatomical order, as --spacing) with "
+        "nnU-Net's segmentation resampling and make the phantom on that grid (written label: the resampled one); "
+        "default: the label map's own grid, label copied as is",
+    )  # fmt: skip
     parser.add_argument("--first-case", type=int, default=0, help="number of the first procedural case (default 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty OUT (cases of the same id are replaced); refused without it")
@@ -35,8 +41,12 @@ def run_synth(args: argparse.Namespace) -> int:
     from kits_plugins.utilities.image_io import KitsInputError
 
     check_output_folder(args.out, args.overwrite)
+    if args.label_spacing is not None and (args.from_labels is None or min(args.label_spacing) <= 0):
+        raise KitsInputError(f"--label-spacing needs --from-labels and three spacings > 0 mm, got {args.label_spacing}")
     if args.from_labels is not None:
-        paths = synthesize_from_labels(args.out, args.from_labels, seed=args.seed, progress=not args.quiet)
+        spacing = None if args.label_spacing is None else tuple(args.label_spacing)
+        paths = synthesize_from_labels(args.out, args.from_labels, seed=args.seed, progress=not args.quiet,
+                                       label_spacing=spacing)
     else:
         if args.cases < 1:
             raise KitsInputError(f"--cases must be >= 1, got {args.cases}")

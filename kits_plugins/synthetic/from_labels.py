@@ -14,7 +14,7 @@ import numpy as np
 
 from kits_plugins.synthetic import anatomy as A
 from kits_plugins.synthetic.render import coarse_factors, render_ct
-from kits_plugins.utilities.image_io import Geometry
+from kits_plugins.utilities.image_io import Geometry, float_triple, int_triple
 from kits_plugins.utilities.orientation import Reorientation
 
 
@@ -69,3 +69,24 @@ def synthesize_ct_from_label(label_file_order: np.ndarray, geometry: Geometry, s
     anat = anatomy_for_label(label, spacing, rng)
     ct, _ = render_ct(label, spacing, anat, rng)
     return np.ascontiguousarray(r.from_nnunet(ct))
+
+
+def resample_label(
+    label_file_order: np.ndarray, geometry: Geometry, spacing_anat: tuple[float, float, float]
+) -> tuple[np.ndarray, Geometry]:
+    """A label map on a grid of ``spacing_anat`` (mm; superior-inferior, anterior-posterior, right-left) over the
+    same field of view, resampled as nnU-Net resamples segmentations in preprocessing (``resample_data_or_seg_to_shape``
+    with ``is_seg``: each label linearly, separately in z for anisotropic grids), so a phantom made on that grid
+    sees what a network trained at that spacing sees. Origin and direction are kept; the spacing is the
+    requested one, the shape nnU-Net's ``compute_new_shape``."""
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
+
+    r = Reorientation.from_geometry(geometry)
+    # the requested spacing per file numpy axis: file axis n becomes nnU-Net axis axis_map[n][0]
+    target_np = tuple(float(spacing_anat[r.axis_map[n][0]]) for n in range(3))
+    new_shape = tuple(int(v) for v in compute_new_shape(label_file_order.shape, geometry.spacing_np, target_np))
+    out = resample_data_or_seg_to_shape(label_file_order[None], new_shape, geometry.spacing_np, target_np,
+                                        is_seg=True, order=1, order_z=0, force_separate_z=None)[0]
+    resampled = Geometry(origin=geometry.origin, spacing=float_triple(target_np[::-1]), direction=geometry.direction,
+                         size=int_triple(new_shape[::-1]))
+    return np.ascontiguousarray(out.astype(np.uint8)), resampled

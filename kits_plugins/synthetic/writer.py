@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from kits_plugins.synthetic.from_labels import synthesize_ct_from_label
+from kits_plugins.synthetic.from_labels import resample_label, synthesize_ct_from_label
 from kits_plugins.synthetic.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, make_case
 from kits_plugins.utilities.image_io import Geometry, KitsInputError, read_geometry, read_label, write_image
 from kits_plugins.utilities.staging import make_temp_dir
@@ -104,9 +104,15 @@ def label_files(label_dir: str | os.PathLike) -> list[Path]:
 
 
 def synthesize_from_labels(
-    out_dir: str | os.PathLike, label_dir: str | os.PathLike, seed: int = 0, progress: bool = True
+    out_dir: str | os.PathLike,
+    label_dir: str | os.PathLike,
+    seed: int = 0,
+    progress: bool = True,
+    label_spacing: tuple[float, float, float] | None = None,
 ) -> list[Path]:
-    """For each ``DIR/case_XXXXX.nii.gz`` write ``OUT/case_XXXXX/imaging.nii.gz`` + an exact copy of the label.
+    """For each ``DIR/case_XXXXX.nii.gz`` write ``OUT/case_XXXXX/imaging.nii.gz`` + an exact copy of the label, or,
+    with ``label_spacing`` (mm, anatomical order), the label resampled to that grid (:func:`resample_label`) and the
+    CT made there.
 
     Headers are checked first (all files 3D), so a bad file fails the run before any case is written;
     label values are checked when each map is read. The seed of a case is :func:`case_seed` (seed, XXXXX).
@@ -120,12 +126,18 @@ def synthesize_from_labels(
         assert match is not None  # label_files lists matching names only
         case_id = match.group(1)
         label, geom = read_label(f)
+        resampled = None
+        if label_spacing is not None:
+            label, geom = resampled = resample_label(label, geom, label_spacing)
         ct = synthesize_ct_from_label(label, geom, case_seed(seed, int(case_id[5:])))
         del label
 
-        def fill(tmp: Path, ct=ct, geom=geom, src=f) -> None:
+        def fill(tmp: Path, ct=ct, geom=geom, src=f, resampled=resampled) -> None:
             write_image(ct, geom, tmp / IMAGING)
-            shutil.copyfile(src, tmp / SEGMENTATION)
+            if resampled is None:
+                shutil.copyfile(src, tmp / SEGMENTATION)
+            else:
+                write_image(resampled[0], resampled[1], tmp / SEGMENTATION)
 
         out.append(_commit_case(Path(out_dir), case_id, fill))
         del ct

@@ -36,3 +36,43 @@ def test_from_label_uses_direction(permuted_geometry):
     zk = np.nonzero((canon == 1).any(axis=(1, 2)))[0]
     by = np.nonzero(cts[0][zk] > 350)[1]
     assert np.median(by) < np.nonzero(canon[zk] == 1)[1].mean() + 5
+
+
+def test_resample_label_keeps_the_field_of_view_and_follows_the_direction(permuted_geometry):
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+
+    from kits_plugins.synthetic.from_labels import resample_label
+
+    ph = make_phantom(5, SMALL, (2.7, 1.6, 1.6))
+    geom0 = permuted_geometry((4, 5, 6), (2, 1, 0), (1, 1, -1))  # slices along the last file axis, as KiTS23
+    r = Reorientation.from_geometry(geom0)
+    file_arr = np.ascontiguousarray(r.from_nnunet(ph.label))
+    spacing_np = [0.0] * 3
+    for fa, (na, _) in enumerate(r.axis_map):
+        spacing_np[fa] = (2.7, 1.6, 1.6)[na]
+    geom = Geometry(geom0.origin, tuple(spacing_np[::-1]), geom0.direction, tuple(file_arr.shape[::-1]))
+
+    out, g = resample_label(file_arr, geom, (3.0, 2.0, 4.0))  # anatomical: superior-inferior, AP, RL
+    assert r.spacing_to_nnunet(g.spacing_np) == pytest.approx((3.0, 2.0, 4.0))
+    assert g.origin == geom.origin and g.direction == geom.direction
+    nn_shape = Reorientation.from_geometry(g).to_nnunet(out).shape
+    assert nn_shape == tuple(round(n * s / t) for n, s, t in zip(SMALL, (2.7, 1.6, 1.6), (3.0, 2.0, 4.0)))
+    assert out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1, 2, 3}
+    # nnU-Net's own segmentation resampling of the same array, and volumes that survive it
+    theirs = resample_data_or_seg_to_shape(file_arr[None], out.shape, geom.spacing_np, g.spacing_np, is_seg=True,
+                                           order=1, order_z=0, force_separate_z=None)[0]
+    assert np.array_equal(out, theirs)
+    before = (file_arr > 0).sum() * geom.voxel_volume_mm3  # kidney+masses of a small phantom (tumors of a few mm)
+    assert (out > 0).sum() * g.voxel_volume_mm3 == pytest.approx(before, rel=0.05)
+
+
+def test_resample_real_label_volumes(shared_label_files):
+    from kits_plugins.synthetic.from_labels import resample_label
+    from kits_plugins.utilities.image_io import read_label
+
+    path = next(p for p in shared_label_files if p.name == "case_00065.nii.gz")
+    label, geom = read_label(path)
+    out, g = resample_label(label, geom, (3.0, 3.0, 3.0))
+    assert g.spacing == (3.0, 3.0, 3.0) and g.origin == geom.origin and g.direction == geom.direction
+    for k in (1, 2):  # kidney and tumor volumes within 3% at 3 mm (this case has no cyst)
+        assert (out == k).sum() * 27.0 == pytest.approx((label == k).sum() * geom.voxel_volume_mm3, rel=0.03)

@@ -140,6 +140,14 @@ def test_cli_end_to_end(tmp_path, capsys, permuted_geometry):
     d = _write_label_dir(tmp_path, permuted_geometry)
     assert main(["synth", str(tmp_path / "fl"), "--from-labels", str(d), "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "fl").iterdir()) == ["case_00003", "case_00004"]
+    assert main(["synth", str(tmp_path / "fl4"), "--from-labels", str(d), "--label-spacing", "4", "4", "4",
+                 "--quiet"]) == 0
+    for case in ("case_00003", "case_00004"):
+        image = read_geometry(tmp_path / "fl4" / case / "imaging.nii.gz")
+        assert image.spacing == (4.0, 4.0, 4.0)
+        assert read_geometry(tmp_path / "fl4" / case / "segmentation.nii.gz") == image
+    assert main(["synth", str(tmp_path / "y"), "--cases", "1", "--label-spacing", "4", "4", "4"]) == 2
+    assert "--label-spacing needs --from-labels" in capsys.readouterr().err
 
     empty = tmp_path / "nothing"
     empty.mkdir()
