@@ -6,6 +6,8 @@
   boxes get a 15 mm margin), a missed kidney cannot be recovered by the later stages, a false positive
   only costs ROI area.
 - ``nnUNetTrainerKiTSFine`` (stage 222, 3d_fullres on kidney ROIs): nnU-Net's Dice+CE unchanged.
+- ``nnUNetTrainerKiTSMasses`` (stage 223 without the surface term): nnU-Net's region loss with the binary mask
+  channel handled as below; the surface-loss ablation.
 - ``nnUNetTrainerKiTSSurface`` (stage 223, region training on kidney ROIs with the kidney mask as input
   channel 1): nnU-Net's region loss (Dice+BCE with deep supervision) plus the Kervadec boundary loss on the
   full-resolution output, its weight following ``BoundaryWeightSchedule`` and logged every epoch; the mask
@@ -71,13 +73,18 @@ __all__ = [
     "nnUNetTrainerKiTSBase",
     "nnUNetTrainerKiTSCoarse",
     "nnUNetTrainerKiTSFine",
+    "nnUNetTrainerKiTSMasses",
     "nnUNetTrainerKiTSSurface",
     "nnUNetTrainerKiTSCoarse_short",
     "nnUNetTrainerKiTSFine_short",
+    "nnUNetTrainerKiTSMasses_short",
     "nnUNetTrainerKiTSSurface_short",
+    "nnUNetTrainerStock_short",
     "nnUNetTrainerKiTSCoarse_demo",
     "nnUNetTrainerKiTSFine_demo",
+    "nnUNetTrainerKiTSMasses_demo",
     "nnUNetTrainerKiTSSurface_demo",
+    "nnUNetTrainerStock_demo",
     "nnUNetTrainerKiTSCoarse_elastic",
     "nnUNetTrainerKiTSFine_elastic",
     "nnUNetTrainerKiTSSurface_elastic",
@@ -237,10 +244,49 @@ class nnUNetTrainerKiTSFine(nnUNetTrainerKiTSBase):
     """Stage 222: nnU-Net's Dice+CE on kidney ROIs (fine kidney+masses mask)."""
 
 
-class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
-    """Stage 223: region Dice+BCE plus the boundary loss (scheduled weight) on kidney ROIs, binary mask channel."""
+class nnUNetTrainerKiTSMasses(nnUNetTrainerKiTSBase):
+    """Stage 223 without the surface term: nnU-Net's region loss (Dice+BCE, deep supervision) on kidney ROIs, with
+    the binary kidney-mask channel handled as in ``nnUNetTrainerKiTSSurface`` (the surface-loss ablation)."""
 
     binary_input_channels: tuple[int, ...] = (1,)
+
+    # ----- binary mask channel
+    @classmethod
+    def _binary_channels(cls, num_input_channels: int | None = None) -> list[int]:
+        return [c for c in cls.binary_input_channels if num_input_channels is None or c < num_input_channels]
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                     num_output_channels, enable_deep_supervision)
+        channels = cls._binary_channels(num_input_channels)
+        return BinarizeInputChannels(network, channels) if channels else network
+
+    @classmethod
+    def get_training_transforms(cls, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
+                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
+                                foreground_labels=None, regions=None, ignore_label=None):
+        transforms = super().get_training_transforms(
+            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=use_mask_for_norm, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
+            regions=regions, ignore_label=ignore_label)
+        channels = cls._binary_channels(len(use_mask_for_norm) if use_mask_for_norm is not None else None)
+        return perturb_channels(keep_channels_binary(transforms, channels), channels)
+
+    @classmethod
+    def get_validation_transforms(cls, deep_supervision_scales, is_cascaded=False, foreground_labels=None,
+                                  regions=None, ignore_label=None):
+        transforms = super().get_validation_transforms(deep_supervision_scales, is_cascaded=is_cascaded,
+                                                       foreground_labels=foreground_labels, regions=regions,
+                                                       ignore_label=ignore_label)
+        return binarize_first(transforms, cls._binary_channels())
+
+
+class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSMasses):
+    """Stage 223: region Dice+BCE plus the boundary loss (scheduled weight) on kidney ROIs, binary mask channel."""
+
     boundary_normalize: str | float = "none"
     boundary_schedule_start: float = 0.0
     boundary_schedule_end: float = 0.5
@@ -384,40 +430,6 @@ class nnUNetTrainerKiTSSurface(nnUNetTrainerKiTSBase):
                                                         ignore_label=lm.ignore_label)
         return tr_transforms, val_transforms, initial_patch_size
 
-    # ----- binary mask channel
-    @classmethod
-    def _binary_channels(cls, num_input_channels: int | None = None) -> list[int]:
-        return [c for c in cls.binary_input_channels if num_input_channels is None or c < num_input_channels]
-
-    @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
-        network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                     num_output_channels, enable_deep_supervision)
-        channels = cls._binary_channels(num_input_channels)
-        return BinarizeInputChannels(network, channels) if channels else network
-
-    @classmethod
-    def get_training_transforms(cls, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
-                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
-                                foreground_labels=None, regions=None, ignore_label=None):
-        transforms = super().get_training_transforms(
-            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
-            use_mask_for_norm=use_mask_for_norm, is_cascaded=is_cascaded, foreground_labels=foreground_labels,
-            regions=regions, ignore_label=ignore_label)
-        channels = cls._binary_channels(len(use_mask_for_norm) if use_mask_for_norm is not None else None)
-        return perturb_channels(keep_channels_binary(transforms, channels), channels)
-
-    @classmethod
-    def get_validation_transforms(cls, deep_supervision_scales, is_cascaded=False, foreground_labels=None,
-                                  regions=None, ignore_label=None):
-        transforms = super().get_validation_transforms(deep_supervision_scales, is_cascaded=is_cascaded,
-                                                       foreground_labels=foreground_labels, regions=regions,
-                                                       ignore_label=ignore_label)
-        return binarize_first(transforms, cls._binary_channels())
-
-
 if TYPE_CHECKING:  # the schedule mixins below only ever come first in a trainer's bases: check them as trainers
     _TrainerMixin = nnUNetTrainerKiTSBase
 else:
@@ -441,8 +453,17 @@ class nnUNetTrainerKiTSFine_short(_ShortSchedule, nnUNetTrainerKiTSFine):
     """``nnUNetTrainerKiTSFine`` on a short schedule."""
 
 
+class nnUNetTrainerKiTSMasses_short(_ShortSchedule, nnUNetTrainerKiTSMasses):
+    """``nnUNetTrainerKiTSMasses`` on a short schedule."""
+
+
 class nnUNetTrainerKiTSSurface_short(_ShortSchedule, nnUNetTrainerKiTSSurface):
     """``nnUNetTrainerKiTSSurface`` on a short schedule."""
+
+
+class nnUNetTrainerStock_short(_ShortSchedule, nnUNetTrainerKiTSBase):
+    """nnU-Net's own ``nnUNetTrainer`` (loss, augmentation, sampling unchanged) on a short schedule: the stock baseline
+    of ``benchmarks/accuracy_study.py``, trained on the whole CT (Dataset220, nnU-Net's KiTS23 regions)."""
 
 
 class _DemoSchedule(_ShortSchedule):
@@ -481,8 +502,17 @@ class nnUNetTrainerKiTSFine_demo(_DemoSchedule, nnUNetTrainerKiTSFine):
     """``kits demo``'s fine trainer (see ``nnUNetTrainerKiTSCoarse_demo``)."""
 
 
+class nnUNetTrainerKiTSMasses_demo(_DemoSchedule, nnUNetTrainerKiTSMasses):
+    """``nnUNetTrainerKiTSSurface_demo`` without the surface term (the accuracy study's ablation)."""
+
+
 class nnUNetTrainerKiTSSurface_demo(_DemoSchedule, nnUNetTrainerKiTSSurface):
     """``kits demo``'s masses trainer (see ``nnUNetTrainerKiTSCoarse_demo``)."""
+
+
+class nnUNetTrainerStock_demo(_DemoSchedule, nnUNetTrainerKiTSBase):
+    """``nnUNetTrainerStock_short`` sized through ``KITS_*`` like the demo trainers (fold ``all``, no final
+    validation, progress.png every 5th epoch): the accuracy study's stock nnU-Net."""
 
 
 class _ElasticDeformation(_TrainerMixin):

@@ -297,6 +297,43 @@ def test_surface_trainer_loss_network_and_region_requirement(stage_env):
         _trainer("nnUNetTrainerKiTSSurface", 222).initialize()
 
 
+def test_masses_trainer_is_the_surface_trainer_without_the_boundary_term(stage_env):
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    tr = _trainer("nnUNetTrainerKiTSMasses", 223)
+    tr.initialize()
+    inner = tr.loss.loss if isinstance(tr.loss, DeepSupervisionWrapper) else tr.loss
+    assert type(inner) is DC_and_BCE_loss  # nnU-Net's region loss, no boundary term
+    assert isinstance(tr.network, BinarizeInputChannels) and tr.network.channels == (1,)
+    surface = _trainer("nnUNetTrainerKiTSSurface", 223)
+    names = [type(t).__name__ for t in tr.get_training_transforms(
+        [20, 24, 24], ((0, 0),) * 3, None, (0, 1, 2), False, use_mask_for_norm=[False, False],
+        regions=[(1, 2), (2,)]).transforms]
+    assert names == [type(t).__name__ for t in surface.get_training_transforms(
+        [20, 24, 24], ((0, 0),) * 3, None, (0, 1, 2), False, use_mask_for_norm=[False, False],
+        regions=[(1, 2), (2,)]).transforms]  # the same mask-channel handling
+    assert "PerturbChannelsTransform" in names
+
+
+def test_stock_trainer_is_nnunets_trainer_with_a_schedule(stage_env, monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    monkeypatch.setenv("KITS_EPOCHS", "3")
+    monkeypatch.setenv("KITS_ITERS", "5")
+    stock = _trainer("nnUNetTrainerStock_demo", 222)
+    assert (stock.num_epochs, stock.num_iterations_per_epoch) == (3, 5)
+    stock.initialize()
+    theirs = _trainer("nnUNetTrainer", 222)
+    assert type(theirs) is nnUNetTrainer
+    theirs.initialize()
+    assert type(stock.loss) is type(theirs.loss) and type(stock.loss.loss) is type(theirs.loss.loss)
+    assert stock.loss.loss.ce.weight is None  # no recall-first weighting
+    assert [type(t) for t in stock.get_training_transforms(
+        [20, 24, 24], ((0, 0),) * 3, None, (0, 1, 2), False).transforms] == [type(t) for t in
+        nnUNetTrainer.get_training_transforms([20, 24, 24], ((0, 0),) * 3, None, (0, 1, 2), False).transforms]
+
+
 def test_mask_channel_stays_binary_on_real_augmented_batches(stage_env):
     """nnU-Net's own dataloader and training transforms on the preprocessed 223 cases."""
     from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
