@@ -1,0 +1,122 @@
+"""Do the demo's models hold on CT made from real KiTS23 label maps? (issue 17)
+
+    python benchmarks/demo_transfer.py --labels ../shared/kits23/labels --demo kits_demo \
+        --out benchmarks/results/demo_transfer.json [--workdir demo_transfer_work] [--label-spacing Z Y X]
+
+Phantoms are synthesized from every label map in ``--labels`` by the package's renderer (``kits synth
+--from-labels``, seed 0, on each label's own grid unless ``--label-spacing``); the models a finished ``kits demo``
+left in ``--demo`` predict them with the demo's own ``kits predict`` command (the workflow's ``predict`` step:
+same trainers, plans, folds, step size and TTA setting); ``kits evaluate`` scores them. The JSON holds the
+mean, the spread and the worst case of the six challenge metrics, per-case rows, and the goal of issue 17
+(kidney Dice >= 0.80 and masses Dice >= 0.45 on the 26 shared label maps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+GOAL = {"Dice_kidney": 0.80, "Dice_masses": 0.45}
+
+
+def run(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    with open(log, "a") as f:
+        f.write(f"$ {shlex.join(argv)}\n")
+        f.flush()
+        rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
+    if rc != 0:
+        raise SystemExit(f"demo_transfer: {shlex.join(argv[:4])} ... failed (exit {rc}); see {log}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kits_plugins.demo.pipeline import CONFIG_NAME
+    from kits_plugins.evaluation.metrics import METRIC_COLUMNS
+    from kits_plugins.workflow import layout, steps
+    from kits_plugins.workflow.config import load_yaml
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--labels", type=Path, required=True, help="folder of KiTS23 label maps case_XXXXX.nii.gz")
+    p.add_argument("--demo", type=Path, default=Path("kits_demo"), help="a finished kits demo's working folder")
+    p.add_argument("--workdir", type=Path, default=Path("demo_transfer_work"))
+    p.add_argument("--label-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="render the phantoms on this grid (kits synth --label-spacing) instead of each label's own")
+    p.add_argument("--out", type=Path, required=True, help="JSON to write")
+    args = p.parse_args(argv)
+    config_file = args.demo.resolve() / CONFIG_NAME
+    if not config_file.is_file():
+        raise SystemExit(f"demo_transfer: {config_file}: not found (run `kits demo` first, or point --demo at its folder)")
+    t0 = time.perf_counter()
+    w = args.workdir.resolve()
+    if w.exists():
+        shutil.rmtree(w)
+    (w / "logs").mkdir(parents=True)
+    log = w / "logs" / "demo_transfer.log"
+    kits = [sys.executable, "-m", "kits_plugins.cli"]
+
+    phantoms = w / "phantoms"
+    synth = [*kits, "synth", str(phantoms), "--from-labels", str(args.labels.resolve()), "--seed", "0", "--quiet"]
+    if args.label_spacing:
+        synth += ["--label-spacing", *map(str, args.label_spacing)]
+    print("[demo_transfer 1/3] phantoms from the label maps ...", flush=True)
+    run(synth, log)
+    t_synth = time.perf_counter() - t0
+
+    config = load_yaml(config_file)
+    config.update(test_dir=str(phantoms), num_parts=1)  # the demo's predict step, on these phantoms
+    predict = steps.predict(config, "0")
+    env = layout.job_environment(config, os.environ)
+    print(f"[demo_transfer 2/3] {shlex.join(predict[2:])} ...", flush=True)
+    t1 = time.perf_counter()
+    run(predict, log, env, cwd=w)
+    t_predict = time.perf_counter() - t1
+    predictions = w / layout.prediction_part("0", 1)
+
+    print("[demo_transfer 3/3] kits evaluate ...", flush=True)
+    csv = w / "evaluation.csv"
+    run([*kits, "evaluate", str(predictions), str(phantoms), "-o", str(csv), "--quiet"], log)
+    rows = json.loads(csv.with_suffix(".json").read_text())["cases"]
+    per_case = {r["caseID"]: {m: float(r[m]) for m in METRIC_COLUMNS} for r in rows}
+
+    summary = {}
+    for m in METRIC_COLUMNS:
+        v = np.array([row[m] for row in per_case.values()])
+        worst = min(per_case, key=lambda c: per_case[c][m])
+        summary[m] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                      "median": float(np.median(v)), "min": float(v.min()), "worst_case": worst}
+    result = {
+        "command": shlex.join(["python", "benchmarks/demo_transfer.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "demo_config": {k: config[k] for k in ("synthetic", "trainers", "epochs", "iterations", "plans", "folds")},
+        "label_spacing": args.label_spacing,
+        "cases": len(per_case),
+        "wall_s": {"synth": t_synth, "predict": t_predict, "total": time.perf_counter() - t0},
+        "summary": summary,
+        "goal": {m: {"target": g, "mean": summary[m]["mean"], "met": summary[m]["mean"] >= g} for m, g in GOAL.items()},
+        "per_case": per_case,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, args.out)
+    for m in METRIC_COLUMNS:
+        s = summary[m]
+        print(f"{m:<12} mean {s['mean']:.3f} (sd {s['sd']:.3f}), worst {s['min']:.3f} ({s['worst_case']})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
