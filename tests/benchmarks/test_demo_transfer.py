@@ -1,0 +1,19 @@
+"""``benchmarks/demo_transfer.py`` refuses a folder that holds no finished demo, in one line naming it (the run itself
+needs a demo's trained models: its measurement is a benchmark, not a test)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "demo_transfer.py"
+
+
+def test_refuses_a_folder_without_a_demo(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--labels", str(tmp_path), "--demo", str(tmp_path / "nodemo"),
+                          "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "out.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.strip().count("\n") == 0 and "nodemo" in run.stderr and "kits demo" in run.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "out.json").exists()
