@@ -286,6 +286,17 @@ def trained_voxel_passes(workdir: Path, network: str) -> dict:
             "voxel_passes": epochs * iterations * patch_voxel_passes(batch, patch)}
 
 
+def training_curve(workdir: Path, network: str) -> dict:
+    """nnU-Net's validation pseudo-Dice of a finished training, per epoch (mean over regions) and per region at the
+    last epoch, from ``checkpoint_final.pth``'s log (read with the package's safe loader). With fold ``all`` it is
+    measured on patches of the training cases: it shows whether a network learned, not how it generalises."""
+    from kits_plugins.inference.checkpoints import load_checkpoint
+
+    log = load_checkpoint(fold_dir(workdir, network) / "checkpoint_final.pth")["logging"]
+    return {"pseudo_dice_per_epoch": [round(float(v), 4) for v in log["mean_fg_dice"]],
+            "pseudo_dice_last_epoch": [round(float(v), 4) for v in log["dice_per_class_or_region"][-1]]}
+
+
 def train(workdir: Path, network: str, schedule: Schedule, val_iterations: int) -> dict:
     dataset, configuration, trainer = NETWORKS[network]
     argv = [nnunet("nnUNetv2_train"), dataset, configuration, "all", "-tr", trainer, "-p", PLANS, "-device", "cpu"]
@@ -547,7 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in SYSTEMS:
         nets = SYSTEM_NETWORKS[s]
         systems[s] = {
-            "networks": {n: {**trained[n], "trainer": NETWORKS[n][2], "train_wall_s": train_wall[n]} for n in nets},
+            "networks": {n: {**trained[n], "trainer": NETWORKS[n][2], "train_wall_s": train_wall[n],
+                             **training_curve(w, n)} for n in nets},
             "voxel_passes": sum(trained[n]["voxel_passes"] for n in nets),
             "train_wall_s": sum(train_wall[n] for n in nets),
             "predict_wall_s": predict_wall[s],

@@ -80,6 +80,9 @@ def test_quick_study_and_reuse_on_other_labels(tmp_path):
     cascade = result["systems"]["cascade"]["networks"]
     assert set(cascade) == {"coarse", "fine", "surface"}
     assert result["systems"]["cascade_no_surface"]["networks"]["masses"]["trainer"] == "nnUNetTrainerKiTSMasses_demo"
+    for net in cascade.values():  # each network's validation curve, one value per epoch, one per region at the end
+        assert len(net["pseudo_dice_per_epoch"]) == net["epochs"]
+    assert len(cascade["surface"]["pseudo_dice_last_epoch"]) == 2 and len(stock["pseudo_dice_last_epoch"]) == 3
 
     # the reported metrics are kits evaluate's on the saved predictions
     phantoms = work / "tests" / "split" / "phantoms"
