@@ -15,6 +15,7 @@ the two-sample Kolmogorov-Smirnov distance. The figure shows both samples of eve
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import shlex
@@ -29,6 +30,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from benchmarks.anatomy_stats import jsonable, real_records, write_json  # noqa: E402
 from kits_plugins.statistics.anatomy import describe, statistic_values  # noqa: E402
+from kits_plugins.utilities.staging import atomic_write_bytes  # noqa: E402
 
 
 def procedural_records(n: int, seed: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[dict]:
@@ -85,11 +87,11 @@ def figure(real: list[dict], procedural: list[dict], comparison: dict, out: Path
     fig.suptitle(f"anatomy: {len(real)} real KiTS23 label maps (blue) vs {len(procedural)} procedural phantoms "
                  "(orange); bars are medians", fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
-    os.replace(tmp, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
