@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from kits_plugins.constants import TUMOR
-from kits_plugins.statistics.measurements import case_statistics, index_to_lps
-from kits_plugins.statistics.rules import CONNECTIVITY
+from kits_plugins.statistics.measurements import case_statistics, centroid_index, component_masks, index_to_lps
 from kits_plugins.utilities.image_io import Geometry
+from kits_plugins.utilities.roi import outer_slices
 
 #: at most this many voxels of a kidney enter its principal-axis fit (an even subsample of larger kidneys)
 _MAX_PCA_VOXELS = 2_000_000
@@ -90,57 +90,49 @@ def case_anatomy(labels: np.ndarray, geometry: Geometry, case: str = "case") -> 
         "tumors": [],
         "cysts": [],
     }
-    import cc3d
+    # the same components as case_statistics (inside the box of the labelled voxels, with that box's header),
+    # matched to its kidneys and tumors by centroid (the same computation, so the nearest is the same component)
+    box = outer_slices(labels) or tuple(slice(0, 0) for _ in range(3))
+    inner = geometry.with_size(labels[box].shape, tuple(b.start for b in box))
+    lab = labels[box]
 
-    kidney_cc = cc3d.connected_components(labels > 0, connectivity=CONNECTIVITY)
-    for kidney in stats.kidneys:
-        lps = np.asarray(kidney.centroid_lps_mm)
-        record["kidneys"].append({"side": kidney.side, "volume_ml": kidney.volume_ml,
-                                  "max_diameter_mm": kidney.max_diameter_mm, "centroid_lps_mm": lps})
-    # principal axes per kidney component, matched to the measured kidneys by centroid
-    fits = []
-    for i in range(1, int(kidney_cc.max()) + 1):
-        idx = np.argwhere(kidney_cc == i)
-        if len(idx) == 0:
-            continue
+    def centroid(sl: tuple[slice, ...], sub: np.ndarray) -> np.ndarray:
+        return index_to_lps(centroid_index(sl, sub)[0], inner)
+
+    def nearest(items: list, point: Sequence[float]):
+        return min(items, key=lambda it: float(np.linalg.norm(it[0] - np.asarray(point))))
+
+    kidney_fits = []
+    for _i, sl, sub in component_masks(lab > 0)[1]:
+        idx = np.argwhere(sub) + np.array([s.start for s in sl])
         step = max(1, math.ceil(len(idx) / _MAX_PCA_VOXELS))
-        pts = index_to_lps(idx[::step].astype(np.float64), geometry)
-        lengths, axis = principal_axes_mm(pts)
-        fits.append((pts.mean(axis=0), lengths, axis))
-    for k in record["kidneys"]:
-        centroid, lengths, axis = min(fits, key=lambda f: float(np.linalg.norm(f[0] - k["centroid_lps_mm"])))
-        lps = k.pop("centroid_lps_mm")
-        k.update(
-            length_mm=float(lengths[0]), width_mm=float(lengths[1]), thickness_mm=float(lengths[2]),
-            tilt_deg=float(np.degrees(np.arccos(min(1.0, abs(float(axis[2])))))),
-            lateral_offset_mm=float(abs(lps[0] - stats.midline_x_mm)),
-            posterior_offset_mm=float(lps[1] - centre[1]),
-            height_fraction=float((z_top - lps[2]) / (z_top - z_bottom)) if z_top > z_bottom else 0.5,
-        )
+        kidney_fits.append((centroid(sl, sub), *principal_axes_mm(index_to_lps(idx[::step].astype(np.float64), inner))))
+    for kidney in stats.kidneys:
+        lps = kidney.centroid_lps_mm
+        _c, lengths, axis = nearest(kidney_fits, lps)
+        record["kidneys"].append({
+            "side": kidney.side, "volume_ml": kidney.volume_ml, "max_diameter_mm": kidney.max_diameter_mm,
+            "length_mm": float(lengths[0]), "width_mm": float(lengths[1]), "thickness_mm": float(lengths[2]),
+            "tilt_deg": float(np.degrees(np.arccos(min(1.0, abs(float(axis[2])))))),
+            "lateral_offset_mm": float(abs(lps[0] - stats.midline_x_mm)),
+            "posterior_offset_mm": float(lps[1] - centre[1]),
+            "height_fraction": float((z_top - lps[2]) / (z_top - z_bottom)) if z_top > z_bottom else 0.5,
+        })
+    tumor_shares = []
+    for _i, sl, sub in component_masks(lab == TUMOR)[1]:
+        grown = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(sl, lab.shape))
+        inset = tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(sl, grown))
+        component = np.zeros(lab[grown].shape, bool)
+        component[inset] = sub
+        tumor_shares.append((centroid(sl, sub), exophytic_share(lab[grown], component, spacing_np)))
     for lesion in stats.lesions:
         entry = {"volume_ml": lesion.volume_ml, "max_diameter_mm": lesion.max_diameter_mm}
         if lesion.label_value == TUMOR:
+            entry["exophytic_share"] = nearest(tumor_shares, lesion.centroid_lps_mm)[1]
             record["tumors"].append(entry)
         else:
             record["cysts"].append(entry)
-    # exophytic share of each tumor component (the same 26-connected components as case_statistics)
-    tumor_cc = cc3d.connected_components(labels == TUMOR, connectivity=CONNECTIVITY)
-    shares = []
-    for i, bb in enumerate(cc3d.statistics(tumor_cc)["bounding_boxes"][1:], start=1):
-        if bb is None:
-            continue
-        grown = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(bb, labels.shape))
-        shares.append((int(np.count_nonzero(tumor_cc[grown] == i)),
-                       exophytic_share(labels[grown], tumor_cc[grown] == i, spacing_np)))
-    shares.sort(key=lambda s: -s[0])
-    for entry, (_n, share) in zip(sorted(record["tumors"], key=lambda t: -t["volume_ml"]), shares):
-        entry["exophytic_share"] = share
     return record
-
-
-#: per-case statistics: name -> function of a case record (None when the case has nothing to measure)
-def _first_kidney(r: Mapping, key: str) -> float | None:
-    return r["kidneys"][0][key] if r["kidneys"] else None
 
 
 def _kidney_height_gap(r: Mapping) -> float | None:
@@ -151,6 +143,7 @@ def _kidney_height_gap(r: Mapping) -> float | None:
     return (sides["right"]["height_fraction"] - sides["left"]["height_fraction"]) * r["z_extent_mm"]
 
 
+#: per-case statistics: name -> function of a case record (None when the case has nothing to measure)
 CASE_STATISTICS = {
     "slices": lambda r: r["slices"],
     "slice_spacing_mm": lambda r: r["slice_spacing_mm"],

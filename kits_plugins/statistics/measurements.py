@@ -210,7 +210,7 @@ def _hu(ct: np.ndarray | None, sl: tuple[slice, ...], mask: np.ndarray) -> tuple
     return _round(values.mean(), 2), _round(values.std(), 2)
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, tuple[slice, ...], np.ndarray]]]:
+def component_masks(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, tuple[slice, ...], np.ndarray]]]:
     """Labelled components of ``mask`` and, per component: its label, bounding slices and the boolean mask in
     them."""
     import cc3d
@@ -226,7 +226,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, list[tuple[int, tuple[sli
     return cc, out
 
 
-def _centroid_index(sl: tuple[slice, ...], sub: np.ndarray) -> tuple[np.ndarray, int]:
+def centroid_index(sl: tuple[slice, ...], sub: np.ndarray) -> tuple[np.ndarray, int]:
     idx = np.nonzero(sub)
     start = np.array([s.start for s in sl], dtype=np.float64)
     return np.array([i.mean() for i in idx]) + start, len(idx[0])
@@ -267,11 +267,11 @@ def case_statistics(
     # x (LPS) of a voxel is affine in its numpy index: x = origin_x + index_np . x_per_index
     x_per_index = _index_matrix(inner)[0, ::-1]
 
-    kidney_cc, kidney_parts = _components(labels > 0)
+    kidney_cc, kidney_parts = component_masks(labels > 0)
     found = []
     fragments = [0, 0]
     for i, sl, sub in kidney_parts:
-        centre_index, n = _centroid_index(sl, sub)
+        centre_index, n = centroid_index(sl, sub)
         if n * voxel_ml < min_kidney_ml:
             fragments[0] += 1
             fragments[1] += n
@@ -305,10 +305,10 @@ def case_statistics(
     small_lesions = 0
     for value in (TUMOR, CYST):
         name = LABEL_NAMES[value]
-        _cc, parts = _components(labels == value)
+        _cc, parts = component_masks(labels == value)
         measured = []
         for _i, sl, sub in parts:
-            centre_index, n = _centroid_index(sl, sub)
+            centre_index, n = centroid_index(sl, sub)
             if n * voxel_ml < min_lesion_ml:
                 small_lesions += 1
                 continue
