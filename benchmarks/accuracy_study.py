@@ -466,6 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "another --workdir")
     elif args.reuse_models:
         raise SystemExit(f"accuracy_study: --reuse-models: {w} holds no trained study (no study_settings.json)")
+    elif any(w.iterdir()):  # the study replaces nnUNet_raw/ and other folders in its workdir: never someone else's
+        raise SystemExit(f"accuracy_study: {w}: not empty and not a study's workdir (no study_settings.json); use "
+                         "another --workdir")
     write_json(settings_file, settings)
     spacing, budget = settings["spacing_mm"], settings["budget_voxel_passes"]
 

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 GOAL = {"Dice_kidney": 0.80, "Dice_masses": 0.45}
+MARKER = ".demo_transfer"
 
 
 def run(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
@@ -60,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"demo_transfer: {config_file}: not found (run `kits demo` first, or point --demo at its folder)")
     t0 = time.perf_counter()
     w = args.workdir.resolve()
-    if w.exists():
+    if w.exists() and any(w.iterdir()):  # only a folder this script made is emptied
+        if not (w / MARKER).is_file():
+            raise SystemExit(f"demo_transfer: {w}: not empty and not a demo_transfer working folder; use another "
+                             "--workdir")
         shutil.rmtree(w)
     (w / "logs").mkdir(parents=True)
+    (w / MARKER).write_text("demo_transfer working folder (emptied by each run)\n")
     log = w / "logs" / "demo_transfer.log"
     kits = [sys.executable, "-m", "kits_plugins.cli"]
 

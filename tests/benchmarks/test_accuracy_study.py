@@ -53,6 +53,18 @@ def _label_folder(root: Path, first: int, n: int, seed: int) -> Path:
     return labels
 
 
+def test_refuses_a_workdir_it_did_not_make(tmp_path):
+    labels = _label_folder(tmp_path / "a", 0, 1, seed=5)
+    work = tmp_path / "nnunet_root"
+    (work / "nnUNet_raw").mkdir(parents=True)  # e.g. a user's own nnU-Net folders: the study would replace these
+    (work / "nnUNet_raw" / "keep.txt").write_text("mine")
+    run = subprocess.run([sys.executable, str(SCRIPT), "--labels", str(labels), "--quick", "--workdir", str(work),
+                          "--out", str(tmp_path / "o.json")], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "not empty" in run.stderr and "nnunet_root" in run.stderr
+    assert run.stderr.strip().count("\n") == 0
+    assert (work / "nnUNet_raw" / "keep.txt").read_text() == "mine" and not (work / "study_settings.json").exists()
+
+
 @pytest.mark.slow
 def test_quick_study_and_reuse_on_other_labels(tmp_path):
     labels = _label_folder(tmp_path / "a", 0, 3, seed=5)

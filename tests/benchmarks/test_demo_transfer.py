@@ -17,3 +17,18 @@ def test_refuses_a_folder_without_a_demo(tmp_path):
     assert run.returncode != 0
     assert run.stderr.strip().count("\n") == 0 and "nodemo" in run.stderr and "kits demo" in run.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "out.json").exists()
+
+
+def test_never_empties_a_folder_it_did_not_make(tmp_path):
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "demo_config.yaml").write_text("workdir: x\n")
+    work = tmp_path / "precious"
+    work.mkdir()
+    (work / "keep.txt").write_text("mine")
+    run = subprocess.run([sys.executable, str(SCRIPT), "--labels", str(tmp_path), "--demo", str(demo),
+                          "--workdir", str(work), "--out", str(tmp_path / "out.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.strip().count("\n") == 0 and "precious" in run.stderr and "not empty" in run.stderr
+    assert (work / "keep.txt").read_text() == "mine"
