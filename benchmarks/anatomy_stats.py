@@ -20,22 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from kits_plugins.statistics.anatomy import case_anatomy, summarize  # noqa: E402
-
-
-def jsonable(value):
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value
 
 
 def real_records(label_dir: Path, progress: bool = True) -> list[dict]:
@@ -53,7 +41,7 @@ def real_records(label_dir: Path, progress: bool = True) -> list[dict]:
         case = path.name[: -len(".nii.gz")]
         t0 = time.perf_counter()
         labels, geometry = read_label(path)
-        out.append(jsonable(case_anatomy(labels, geometry, case)))
+        out.append(case_anatomy(labels, geometry, case))
         if progress:
             print(f"[anatomy_stats {i}/{len(files)}] {case}: {time.perf_counter() - t0:.1f} s", flush=True)
     return out

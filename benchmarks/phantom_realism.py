@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from benchmarks.anatomy_stats import jsonable, real_records, write_json  # noqa: E402
+from benchmarks.anatomy_stats import real_records, write_json  # noqa: E402
 from kits_plugins.statistics.anatomy import describe, statistic_values  # noqa: E402
 from kits_plugins.utilities.staging import atomic_write_bytes  # noqa: E402
 
@@ -41,7 +41,7 @@ def procedural_records(n: int, seed: int, shape: tuple[int, int, int], spacing: 
     out = []
     for i in range(n):
         _ct, label, geometry = make_case(case_seed(seed, i), shape, spacing)
-        out.append(jsonable(case_anatomy(label, geometry, f"case_{i:05d}")))
+        out.append(case_anatomy(label, geometry, f"case_{i:05d}"))
     return out
 
 
