@@ -33,14 +33,15 @@ from kits_plugins.statistics.anatomy import describe, statistic_values  # noqa: 
 from kits_plugins.utilities.staging import atomic_write_bytes  # noqa: E402
 
 
-def procedural_records(n: int, seed: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[dict]:
+def procedural_records(n: int, seed: int, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                       kits23_extent: bool = False) -> list[dict]:
     from kits_plugins.statistics.anatomy import case_anatomy
     from kits_plugins.synthetic.phantom import make_case
     from kits_plugins.synthetic.writer import case_seed
 
     out = []
     for i in range(n):
-        _ct, label, geometry = make_case(case_seed(seed, i), shape, spacing)
+        _ct, label, geometry = make_case(case_seed(seed, i), shape, spacing, kits23_extent)
         out.append(case_anatomy(label, geometry, f"case_{i:05d}"))
     return out
 
@@ -108,10 +109,14 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"procedural shape, anatomical order (default the demo's {synthetic['shape']})")
     p.add_argument("--spacing", type=float, nargs=3, default=synthetic["spacing"], metavar=("Z", "Y", "X"),
                    help=f"procedural spacing in mm (default the demo's {synthetic['spacing']})")
+    p.add_argument("--fixed-extent", action="store_true",
+                   help="the --shape's Z slices for every case instead of KiTS23 scan extents (kits synth without "
+                   f"--kits23-extent; the demo uses {'KiTS23 extents' if synthetic.get('kits23_extent') else 'the shape'})")
     args = p.parse_args(argv)
+    kits23_extent = not args.fixed_extent
     t0 = time.perf_counter()
     real = real_records(args.labels, progress=False)
-    procedural = procedural_records(args.cases, args.seed, tuple(args.shape), tuple(args.spacing))
+    procedural = procedural_records(args.cases, args.seed, tuple(args.shape), tuple(args.spacing), kits23_extent)
     comparison = compare(real, procedural)
     fig = args.figure or args.out.with_suffix(".png")
     figure(real, procedural, comparison, fig)
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - t0,
         "real_cases": len(real),
         "procedural": {"cases": args.cases, "seed": args.seed, "shape_zyx": list(args.shape),
-                       "spacing_zyx": list(args.spacing)},
+                       "spacing_zyx": list(args.spacing), "kits23_extent": kits23_extent},
         "statistics_with_procedural_median_in_real_10_90": f"{len(inside)} of {len(comparison)}",
         "comparison": comparison,
         "figure": str(fig),

@@ -64,6 +64,8 @@ class Intensities:
     noise_sd: float  # white noise added last
     tumor_range: tuple[float, float] = (50.0, 130.0)
     cyst_range: tuple[float, float] = (0.0, 18.0)
+    psf_mm: float = 0.6  # point spread of label-derived edges (reconstruction kernel: larger is smoother)
+    phase: str = "corticomedullary"
 
 
 def draw_intensities(rng: np.random.Generator) -> Intensities:
@@ -89,6 +91,45 @@ def draw_intensities(rng: np.random.Generator) -> Intensities:
     for k, (h, t) in values.items():
         hu[k], tex[k] = h, t
     return Intensities(hu=hu, texture=tex, noise_sd=float(rng.uniform(9.0, 15.0)))
+
+
+#: contrast phases of procedural cases and how often each is drawn (KiTS23 holds late-arterial/corticomedullary
+#: and nephrographic scans; the corticomedullary look is what ``draw_intensities`` makes)
+PHASES = {"corticomedullary": 0.6, "nephrographic": 0.3, "non_contrast": 0.1}
+
+
+def vary_appearance(intens: Intensities, rng: np.random.Generator) -> Intensities:
+    """``intens`` in a randomly drawn contrast phase (:data:`PHASES`), with a noise level and a reconstruction
+    kernel sharpness drawn over the range of clinical abdominal CT (procedural cases only; ``--from-labels``
+    keeps :func:`draw_intensities`' look, the yardstick of issue 17).
+
+    - nephrographic: cortex and medulla enhance alike (medulla within 0-20 HU of the cortex), the liver and veins
+      a little more, arteries less; tumours stay below the parenchyma;
+    - non-contrast: parenchyma 25-45 HU, tumours 20-45, vessels like blood (35-55), liver 45-65 (brighter than the
+      kidney), cysts unchanged, so kidneys stand out by shape and fat, not by enhancement.
+    """
+    names = list(PHASES)
+    phase = names[int(rng.choice(len(names), p=np.array([PHASES[n] for n in names]) / sum(PHASES.values())))]
+    hu = intens.hu.copy()
+    tumor_range = intens.tumor_range
+    if phase == "nephrographic":
+        cortex = rng.uniform(140, 200)
+        hu[CORTEX], hu[MEDULLA] = cortex, cortex - rng.uniform(0, 20)
+        hu[LIVER] = rng.uniform(95, 130)
+        hu[SPLEEN] = rng.uniform(100, 130)
+        hu[ARTERY] = rng.uniform(140, 200)
+        hu[VEIN] = rng.uniform(130, 180)
+        tumor_range = (40.0, 110.0)
+    elif phase == "non_contrast":
+        kidney = rng.uniform(25, 45)
+        hu[CORTEX], hu[MEDULLA] = kidney, kidney - rng.uniform(0, 8)
+        hu[LIVER] = rng.uniform(45, 65)
+        hu[SPLEEN] = rng.uniform(40, 55)
+        hu[ARTERY] = hu[VEIN] = hu[HEART] = rng.uniform(35, 55)
+        tumor_range = (20.0, 45.0)
+    return Intensities(hu=hu, texture=intens.texture, noise_sd=float(rng.uniform(6.0, 25.0)),
+                       tumor_range=tumor_range, cyst_range=intens.cyst_range,
+                       psf_mm=float(rng.uniform(0.4, 1.2)), phase=phase)
 
 
 @dataclass
@@ -131,14 +172,15 @@ class Anatomy:
     intensities: Intensities
 
 
-def fit_scale(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> float:
+def fit_scale(shape: tuple[int, int, int], spacing: tuple[float, float, float], axial_only: bool = False) -> float:
     """Uniform scale (<= 1) that fits an adult abdomen into the field of view.
 
     A 384 x 400 x 400 mm field (the default) holds the body at scale 1; smaller fields (tiny test volumes)
-    get a proportionally smaller body so the whole anatomy is still visible.
+    get a proportionally smaller body so the whole anatomy is still visible. ``axial_only``: only the
+    in-plane field counts (a scan whose length is drawn from real scans shows an adult body, cut where it ends).
     """
     fov = [(n - 1) * s for n, s in zip(shape, spacing)]
-    return float(min(1.0, fov[0] / 260.0, fov[1] / 270.0, fov[2] / 380.0))
+    return float(min(1.0, fov[1] / 270.0, fov[2] / 380.0, 1.0 if axial_only else fov[0] / 260.0))
 
 
 def _dome_z(anat: Anatomy, y: np.ndarray, x: np.ndarray) -> np.ndarray:

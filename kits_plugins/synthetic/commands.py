@@ -30,6 +30,11 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
         "nnU-Net's segmentation resampling and make the phantom on that grid (written label: the resampled one); "
         "default: the label map's own grid, label copied as is",
     )  # fmt: skip
+    parser.add_argument(
+        "--kits23-extent", action="store_true",
+        help="procedural: draw each scan's superior-inferior extent (213-700 mm) and the kidneys' height in it from "
+        "real KiTS23 scans; the number of slices is the extent over the Z spacing (--shape's Z is not used)",
+    )  # fmt: skip
     parser.add_argument("--first-case", type=int, default=0, help="number of the first procedural case (default 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty OUT (cases of the same id are replaced); refused without it")
@@ -41,6 +46,8 @@ def run_synth(args: argparse.Namespace) -> int:
     from kits_plugins.utilities.image_io import KitsInputError
 
     check_output_folder(args.out, args.overwrite)
+    if args.kits23_extent and args.from_labels is not None:
+        raise KitsInputError("--kits23-extent is for procedural cases (--cases); a label map keeps its own extent")
     if args.label_spacing is not None and (args.from_labels is None or min(args.label_spacing) <= 0):
         raise KitsInputError(f"--label-spacing needs --from-labels and three spacings > 0 mm, got {args.label_spacing}")
     if args.from_labels is not None:
@@ -53,6 +60,7 @@ def run_synth(args: argparse.Namespace) -> int:
         if min(args.shape) < 8 or min(args.spacing) <= 0:
             raise KitsInputError(f"--shape needs >= 8 voxels per axis and --spacing > 0, got {args.shape} {args.spacing}")
         paths = synthesize_dataset(args.out, args.cases, args.seed, tuple(args.shape), tuple(args.spacing),
-                                   first_case=args.first_case, progress=not args.quiet)  # fmt: skip
+                                   first_case=args.first_case, progress=not args.quiet,
+                                   kits23_extent=args.kits23_extent)  # fmt: skip
     print(f"wrote {len(paths)} case(s) to {args.out}")
     return 0

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from kits_plugins.synthetic import DEFAULT_SHAPE, DEFAULT_SPACING
 from kits_plugins.synthetic import anatomy as A
+from kits_plugins.synthetic import kits23_statistics as S
 from kits_plugins.synthetic.render import render_ct
 from kits_plugins.synthetic.shapes import Axes, Ellipsoid, grid_axes, random_lobes, sub_axes
 from kits_plugins.utilities.image_io import Geometry, float_triple, int_triple
@@ -73,11 +74,23 @@ class KidneyModel:
         )  # fmt: skip
 
 
+#: a bent ellipsoid is fuller than a kidney of the same principal-axis lengths (measured on the 26 label maps:
+#: median volume 205 ml at 126 x 69 x 57 mm): its width and thickness are drawn this much smaller, which brings the
+#: procedural volumes to the real ones (benchmarks/phantom_realism.py)
+BEAN_FULLNESS = 0.9
+#: the masses and the bend move a kidney's centroid outwards: its centre is drawn this much (mm) nearer the midline
+#: than the measured centroid offsets
+CENTROID_SHIFT_MM = 6.0
+
+
 def _kidney(rng: np.random.Generator, center: np.ndarray, side: int, s: float) -> KidneyModel:
-    """One kidney; ``side`` = +1 patient right (larger x), -1 left."""
+    """One kidney; ``side`` = +1 patient right (larger x), -1 left. Its three axis lengths (correlated: one size
+    draw) and the tilt of its long axis come from the KiTS23 distributions (:mod:`.kits23_statistics`)."""
     u0, v0, w0 = np.array([1.0, 0, 0]), np.array([0, 0, float(side)]), np.array([0, 1.0, 0])
-    beta = rng.uniform(0.1, 0.3)  # upper pole medially
-    gamma = rng.uniform(0.05, 0.35)  # upper pole posteriorly
+    tilt = np.radians(S.KIDNEY_TILT_DEG.sample(rng))
+    towards = rng.uniform(0.4, 1.2)  # how the tilt splits between medial and posterior
+    beta = tilt * np.cos(towards)  # upper pole medially
+    gamma = tilt * np.sin(towards)  # upper pole posteriorly
     alpha = rng.uniform(0.3, 0.7)  # hilum turned anteriorly
     u1 = np.cos(beta) * u0 - np.sin(beta) * v0
     v1 = np.sin(beta) * u0 + np.cos(beta) * v0
@@ -86,7 +99,10 @@ def _kidney(rng: np.random.Generator, center: np.ndarray, side: int, s: float) -
     v3 = np.cos(alpha) * v1 - np.sin(alpha) * w2
     w3 = np.sin(alpha) * v1 + np.cos(alpha) * w2
     rot = np.stack([u2, v3, w3], axis=1)
-    semi = np.array([rng.uniform(48, 62), rng.uniform(25, 32), rng.uniform(18, 24)]) * s
+    size = rng.random()
+    semi = np.array([q.value(float(np.clip(size + rng.normal(0, 0.15), 0, 1))) / 2 for q in
+                     (S.KIDNEY_LENGTH_MM, S.KIDNEY_WIDTH_MM, S.KIDNEY_THICKNESS_MM)]) * s
+    semi[1:] *= BEAN_FULLNESS
     bend = float(rng.uniform(0.08, 0.2))
     a, b, c = semi
     notch_c = np.array([0.0, -(1 - bend) * b - 0.1 * b, 0.1 * c])
@@ -104,7 +120,7 @@ def _lesion(rng: np.random.Generator, k: KidneyModel, kind: int, s: float) -> El
         rho = (rng.uniform(0.85, 1.0), rng.uniform(0.55, 0.85), rng.uniform(0.1, 0.5))[mode]
         radius = min(diam / 2, 0.85 * a, (0.9 * c) if mode == 2 else 1e9)
     else:
-        diam = float(np.clip(rng.lognormal(np.log(15), 0.55), 5, 40)) * s
+        diam = float(np.clip(rng.lognormal(np.log(12), 0.55), 5, 40)) * s
         rho = rng.uniform(0.55, 1.0)
         radius = min(diam / 2, 0.6 * a)
     for _ in range(20):  # avoid centring lesions in the renal sinus
@@ -162,31 +178,44 @@ def make_phantom(
     shape_zyx: Sequence[int] = DEFAULT_SHAPE,
     spacing_zyx: Sequence[float] = DEFAULT_SPACING,
     return_tissue: bool = False,
+    kits23_extent: bool = False,
 ) -> Phantom:
-    """Procedural case in anatomical order; deterministic in ``seed`` (see module docstring)."""
+    """Procedural case in anatomical order; deterministic in ``seed`` (see module docstring).
+
+    ``kits23_extent``: the scan's superior-inferior extent and the kidneys' height in it are drawn from real KiTS23
+    scans (:mod:`.kits23_statistics`; the number of slices is the extent over the slice spacing, ``shape_zyx[0]`` is
+    not used) and the body keeps its adult size wherever the scan ends; otherwise the kidneys sit mid-volume."""
     shape = tuple(int(v) for v in shape_zyx)
     sp = tuple(float(v) for v in spacing_zyx)
     if len(shape) != 3 or min(shape) < 8 or len(sp) != 3 or min(sp) <= 0:
         raise ValueError(f"need a 3D shape >= 8 voxels per axis and positive spacing, got {shape_zyx}, {spacing_zyx}")
     rng = np.random.default_rng(seed)
-    s = A.fit_scale(shape, sp)
+    if kits23_extent:
+        shape = (max(8, int(round(S.Z_EXTENT_MM.sample(rng) / sp[0])) + 1), shape[1], shape[2])
+    s = A.fit_scale(shape, sp, axial_only=kits23_extent)
     fov = np.array([(n - 1) * v for n, v in zip(shape, sp)])
     cz, cy, cx = fov / 2
     body_a = rng.uniform(140, 175) * s
-    ap = rng.uniform(195, 245) * s
+    ap = rng.uniform(200, 260) * s
     b_post = 0.45 * ap
-    body_cy = cy + rng.normal(0, 5) * s + 0.05 * ap
-    y_spine = body_cy - b_post + rng.uniform(68, 85) * s
+    # kidneys behind the centre of the field of view as in KiTS23; the spine beside them, the back behind it
+    y_kidney = cy - S.KIDNEY_POSTERIOR_OFFSET_MM.sample(rng) * s
+    y_spine = y_kidney + rng.uniform(-8, 12) * s
+    body_cy = y_spine + b_post - rng.uniform(68, 85) * s
     x_mid = cx + rng.normal(0, 4) * s
-    z_kidney = cz + rng.normal(0, 10) * s
-    n_kidneys = 2 if rng.random() < 0.88 else 1
+    if kits23_extent:  # the height (from the top slice) of the kidneys' mean centroid, kept inside the scan
+        z_kidney = float(np.clip(fov[0] * (1 - S.KIDNEY_HEIGHT_FRACTION.sample(rng)), 60 * s, fov[0] - 60 * s))
+    else:
+        z_kidney = cz + rng.normal(0, 10) * s
+    gap = S.KIDNEY_HEIGHT_GAP_MM.sample(rng) * s  # the right kidney this far below the left one
+    n_kidneys = S.sample_count(rng, S.KIDNEY_COUNTS)
     sides = [-1, 1] if n_kidneys == 2 else [int(rng.choice([-1, 1]))]
     models = []
     for side in sides:
         c = np.array([
-            z_kidney + (rng.uniform(5, 20) if side < 0 else rng.uniform(-12, 2)) * s,
-            y_spine + rng.uniform(-12, 8) * s,
-            x_mid + side * rng.uniform(62, 88) * s,
+            z_kidney + (gap / 2 if side < 0 else -gap / 2) * (n_kidneys == 2),
+            y_kidney + rng.uniform(-6, 6) * s,
+            x_mid + side * (S.KIDNEY_LATERAL_OFFSET_MM.sample(rng) - CENTROID_SHIFT_MM) * s,
         ])  # fmt: skip
         models.append(_kidney(rng, c, side, s))
 
@@ -198,8 +227,8 @@ def make_phantom(
         assert sl is not None  # kidneys are placed inside the field of view
         parenchyma, _ = k.inside(sub_axes(axes, sl))
         label[sl][parenchyma] = 1
-    n_tumors = int(rng.choice(4, p=[0.1, 0.55, 0.25, 0.1]))
-    n_cysts = int(rng.choice(5, p=[0.45, 0.25, 0.15, 0.1, 0.05]))
+    n_tumors = S.sample_count(rng, S.TUMOR_COUNTS)
+    n_cysts = S.sample_count(rng, S.CYST_COUNTS)
     lesions = [(3, models[int(rng.integers(len(models)))]) for _ in range(n_cysts)]
     lesions += [(2, models[int(rng.integers(len(models)))]) for _ in range(n_tumors)]
     for kind, k in lesions:
@@ -208,6 +237,7 @@ def make_phantom(
 
     kidneys = [k.info(s) for k in models]
     anat = A.layout(rng, kidneys, s, x_mid, y_spine, z_kidney, body_cy, body_a, ap - b_post, b_post)
+    anat.intensities = A.vary_appearance(anat.intensities, rng)
     ct, tissue = render_ct(label, sp, anat, rng, return_tissue=return_tissue)
     return Phantom(ct=ct, label=label, tissue=tissue, spacing=sp, anatomy=anat)
 
@@ -216,6 +246,7 @@ def make_case(
     seed: int,
     shape_zyx: Sequence[int] = DEFAULT_SHAPE,
     spacing_zyx: Sequence[float] = DEFAULT_SPACING,
+    kits23_extent: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, Geometry]:
     """One procedural case as (CT int16, label uint8, geometry), arrays in KiTS23 file order.
 
@@ -223,7 +254,7 @@ def make_case(
     right-left), as on the command line; the returned arrays are in the file's SimpleITK numpy order
     (slice axis last, KiTS23 direction), ready for :func:`~kits_plugins.synthetic.writer.write_case`.
     """
-    ph = make_phantom(seed, shape_zyx, spacing_zyx)
+    ph = make_phantom(seed, shape_zyx, spacing_zyx, kits23_extent=kits23_extent)
     geom = kits_geometry(ph.label.shape, ph.spacing)
     r = Reorientation.from_geometry(geom)
     ct = np.ascontiguousarray(r.from_nnunet(ph.ct))

@@ -22,7 +22,6 @@ from kits_plugins.synthetic.shapes import grid_axes, sample_noise_at, smooth_noi
 from kits_plugins.utilities.roi import outer_slices
 
 BACKGROUND_MM = 1.6  # background grid pitch (mm)
-PSF_MM = 0.6  # in-plane / through-plane blur of sharp (label-derived) edges
 THICK_SLICE_MM = 2.0  # from this slice spacing on, blur along the slice axis (partial volume)
 HU_MIN, HU_MAX = -1024, 3071
 _CHUNK_VOXELS = 1 << 24
@@ -155,7 +154,7 @@ def render_ct(
     del tis_c
 
     out = np.empty(shape, np.int16)
-    sigma = [PSF_MM / s for s in sp]
+    sigma = [anat.intensities.psf_mm / s for s in sp]
     thick = sp[0] >= THICK_SLICE_MM
     if thick:
         sigma[0] = 0.45  # partial volume across thick slices (voxels)

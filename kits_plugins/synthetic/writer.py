@@ -83,11 +83,13 @@ def synthesize_dataset(
     spacing_zyx: Sequence[float] = DEFAULT_SPACING,
     first_case: int = 0,
     progress: bool = True,
+    kits23_extent: bool = False,
 ) -> list[Path]:
-    """Write procedural cases ``case_{first_case:05d}`` ... ; case i uses :func:`case_seed` (seed, i)."""
+    """Write procedural cases ``case_{first_case:05d}`` ... ; case i uses :func:`case_seed` (seed, i);
+    ``kits23_extent``: see :func:`~kits_plugins.synthetic.phantom.make_phantom`."""
     out = []
     for i in tqdm(range(first_case, first_case + n_cases), desc="kits synth", unit="case", disable=not progress):
-        ct, label, geom = make_case(case_seed(seed, i), tuple(shape_zyx), tuple(spacing_zyx))
+        ct, label, geom = make_case(case_seed(seed, i), tuple(shape_zyx), tuple(spacing_zyx), kits23_extent)
         out.append(write_case(out_dir, f"case_{i:05d}", ct, label, geom))
     return out
 

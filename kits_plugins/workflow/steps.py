@@ -46,7 +46,8 @@ def synth(config: Mapping, test: bool) -> list[str]:
     argv = kits("synth", out, "--overwrite", "--cases", str(cases), "--seed", str(s["seed"] + (10_000 if test else 0)))
     if test:
         argv += ["--first-case", str(s["train_cases"])]
-    return argv + ["--shape", *_numbers(s["shape"]), "--spacing", *_numbers(s["spacing"])]
+    argv += ["--shape", *_numbers(s["shape"]), "--spacing", *_numbers(s["spacing"])]
+    return argv + ["--kits23-extent"] if s.get("kits23_extent") else argv
 
 
 def convert(config: Mapping) -> list[str]:

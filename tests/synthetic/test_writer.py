@@ -148,6 +148,13 @@ def test_cli_end_to_end(tmp_path, capsys, permuted_geometry):
         assert read_geometry(tmp_path / "fl4" / case / "segmentation.nii.gz") == image
     assert main(["synth", str(tmp_path / "y"), "--cases", "1", "--label-spacing", "4", "4", "4"]) == 2
     assert "--label-spacing needs --from-labels" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "k"), "--cases", "1", "--seed", "3", "--spacing", "4", "4", "4",
+                 "--shape", "16", "64", "64", "--kits23-extent", "--quiet"]) == 0
+    k = read_geometry(tmp_path / "k" / "case_00000" / "imaging.nii.gz")
+    assert k == make_case(writer.case_seed(3, 0), (16, 64, 64), (4.0, 4.0, 4.0), kits23_extent=True)[2]
+    assert 213 <= (k.shape[2] - 1) * 4.0 <= 704 and k.shape[:2] == (64, 64)  # file order: slices last
+    assert main(["synth", str(tmp_path / "z"), "--from-labels", str(d), "--kits23-extent"]) == 2
+    assert "--kits23-extent is for procedural cases" in capsys.readouterr().err
 
     empty = tmp_path / "nothing"
     empty.mkdir()

@@ -14,7 +14,7 @@ KITS = [sys.executable, "-m", "kits_plugins.cli"]
 def test_the_demos_commands(tmp_path):
     c = check_config(load_yaml(shipped_config("demo")), tmp_path)
     w = tmp_path / "kits_demo"
-    shape = ["--shape", "64", "128", "128", "--spacing", "4.0", "3.0", "3.0"]
+    shape = ["--shape", "64", "128", "128", "--spacing", "4.0", "3.0", "3.0", "--kits23-extent"]
     assert steps.synth(c, test=False) == KITS + ["synth", str(w / "kits_train"), "--overwrite", "--cases", "12",
                                                  "--seed", "0", *shape]
     assert steps.synth(c, test=True) == KITS + ["synth", str(w / "kits_test"), "--overwrite", "--cases", "4",
