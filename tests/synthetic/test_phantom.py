@@ -95,12 +95,16 @@ def test_kits23_extent_draws_scan_length_and_kidney_height():
 
 def test_contrast_phases():
     """Procedural cases come in three contrast phases: cortex brighter than medulla (corticomedullary), the two
-    alike (nephrographic), or an unenhanced kidney darker than the liver (non-contrast). Adult size (scale 1): in
+    alike (nephrographic), or an unenhanced kidney darker than the liver (non-contrast); the bowel lumen holds gas
+    or positive oral contrast. Adult size (scale 1): in
     a scaled-down body the few-mm cortex blurs into its surroundings."""
-    seen = {}
+    seen, lumen = {}, set()
     for seed in range(60):
         ph = make_phantom(seed, (64, 128, 128), (4.0, 3.0, 3.0), return_tissue=True, kits23_extent=True)
         phase = ph.anatomy.intensities.phase
+        gas = ph.ct[ph.tissue == A.GAS]
+        if gas.size > 100:  # the bowel lumen: gas, or positive oral contrast
+            lumen.add("contrast" if np.median(gas) > 100 else "gas" if np.median(gas) < -700 else "other")
         if phase in seen:
             continue
         ct, tis = ph.ct.astype(np.float32), ph.tissue
@@ -113,9 +117,9 @@ def test_contrast_phases():
         else:
             assert cortex < 60 and liver > cortex
         seen[phase] = seed
-        if len(seen) == len(A.PHASES):
+        if len(seen) == len(A.PHASES) and len(lumen) >= 2:
             break
-    assert set(seen) == set(A.PHASES)
+    assert set(seen) == set(A.PHASES) and lumen == {"gas", "contrast"}
 
 
 def test_same_body_at_another_resolution():
