@@ -93,9 +93,10 @@ def draw_intensities(rng: np.random.Generator) -> Intensities:
     return Intensities(hu=hu, texture=tex, noise_sd=float(rng.uniform(9.0, 15.0)))
 
 
-#: contrast phases of procedural cases and how often each is drawn (KiTS23 holds late-arterial/corticomedullary
-#: and nephrographic scans; the corticomedullary look is what ``draw_intensities`` makes)
-PHASES = {"corticomedullary": 0.6, "nephrographic": 0.3, "non_contrast": 0.1}
+#: contrast phases of procedural cases and how often each is drawn. KiTS19/21 scans are late-arterial
+#: (corticomedullary), the look ``draw_intensities`` makes; KiTS23 added nephrographic-phase cases
+#: (https://kits-challenge.org). No KiTS case is unenhanced, so no procedural one is.
+PHASES = {"corticomedullary": 0.7, "nephrographic": 0.3}
 #: share of procedural cases whose bowel lumen holds positive oral contrast (150-350 HU) instead of gas
 ORAL_CONTRAST_RATE = 0.3
 
@@ -107,10 +108,8 @@ def vary_appearance(intens: Intensities, rng: np.random.Generator) -> Intensitie
 
     - nephrographic: cortex and medulla enhance alike (medulla within 0-20 HU of the cortex), the liver and veins
       a little more, arteries less; tumours stay below the parenchyma;
-    - non-contrast: parenchyma 25-45 HU, tumours 20-45, vessels like blood (35-55), liver 45-65 (brighter than the
-      kidney), cysts unchanged, so kidneys stand out by shape and fat, not by enhancement;
-    - in any phase, positive oral contrast in the bowel lumen (:data:`ORAL_CONTRAST_RATE`): bright loops that an
-      enhancing-kidney detector must not take for kidney.
+    - in either phase, positive oral contrast in the bowel lumen (:data:`ORAL_CONTRAST_RATE`): bright loops that
+      an enhancing-kidney detector must not take for kidney.
     """
     names = list(PHASES)
     phase = names[int(rng.choice(len(names), p=np.array([PHASES[n] for n in names]) / sum(PHASES.values())))]
@@ -124,13 +123,6 @@ def vary_appearance(intens: Intensities, rng: np.random.Generator) -> Intensitie
         hu[ARTERY] = rng.uniform(140, 200)
         hu[VEIN] = rng.uniform(130, 180)
         tumor_range = (40.0, 110.0)
-    elif phase == "non_contrast":
-        kidney = rng.uniform(25, 45)
-        hu[CORTEX], hu[MEDULLA] = kidney, kidney - rng.uniform(0, 8)
-        hu[LIVER] = rng.uniform(45, 65)
-        hu[SPLEEN] = rng.uniform(40, 55)
-        hu[ARTERY] = hu[VEIN] = hu[HEART] = rng.uniform(35, 55)
-        tumor_range = (20.0, 45.0)
     if rng.random() < ORAL_CONTRAST_RATE:  # positive oral contrast fills the bowel lumen instead of gas
         hu[GAS] = rng.uniform(150, 350)
     return Intensities(hu=hu, texture=intens.texture, noise_sd=float(rng.uniform(6.0, 25.0)),

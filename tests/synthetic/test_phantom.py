@@ -94,9 +94,8 @@ def test_kits23_extent_draws_scan_length_and_kidney_height():
 
 
 def test_contrast_phases():
-    """Procedural cases come in three contrast phases: cortex brighter than medulla (corticomedullary), the two
-    alike (nephrographic), or an unenhanced kidney darker than the liver (non-contrast); the bowel lumen holds gas
-    or positive oral contrast. Adult size (scale 1): in
+    """Procedural cases come in KiTS23's two contrast phases: cortex brighter than medulla (corticomedullary) or the
+    two alike (nephrographic); the bowel lumen holds gas or positive oral contrast. Adult size (scale 1): in
     a scaled-down body the few-mm cortex blurs into its surroundings."""
     seen, lumen = {}, set()
     for seed in range(60):
@@ -112,10 +111,8 @@ def test_contrast_phases():
         liver = ct[tis == A.LIVER].mean()
         if phase == "corticomedullary":
             assert cortex > medulla + 20
-        elif phase == "nephrographic":
-            assert abs(cortex - medulla) < 25 and cortex > 110
         else:
-            assert cortex < 60 and liver > cortex
+            assert phase == "nephrographic" and abs(cortex - medulla) < 25 and cortex > 110 and liver < cortex
         seen[phase] = seed
         if len(seen) == len(A.PHASES) and len(lumen) >= 2:
             break
