@@ -3,10 +3,10 @@ Trains nothing.
 
     python benchmarks/phantom_realism.py --labels ../shared/kits23/labels \
         --out benchmarks/results/phantom_realism.json [--cases 100] [--seed 0] [--figure PNG]
-        [--shape Z Y X] [--spacing Z Y X]
+        [--shape Z Y X] [--spacing Z Y X] [--fixed-extent]
 
 The procedural cases are ``kits synth``'s (``make_case`` with the seeds ``kits synth --seed S`` uses), by default at
-the demo's shape and spacing (``demo.yaml``); the real ones are the label maps in ``--labels``. Both go through the
+the demo's shape and spacing with KiTS23 scan lengths (``demo.yaml``: ``kits synth --kits23-extent``); the real ones are the label maps in ``--labels``. Both go through the
 same measurement (``kits_plugins.statistics.anatomy.case_anatomy``). Per statistic the JSON gives the real median
 and 10-90% range beside the procedural one, whether the procedural median falls inside the real 10-90% range, and
 the two-sample Kolmogorov-Smirnov distance. The figure shows both samples of every statistic.

@@ -104,7 +104,9 @@ ORAL_CONTRAST_RATE = 0.3
 def vary_appearance(intens: Intensities, rng: np.random.Generator) -> Intensities:
     """``intens`` in a randomly drawn contrast phase (:data:`PHASES`), with a noise level and a reconstruction
     kernel sharpness drawn over the range of clinical abdominal CT (procedural cases only; ``--from-labels``
-    keeps :func:`draw_intensities`' look, the yardstick of issue 17).
+    keeps :func:`draw_intensities`' look, the yardstick of issue 17). White noise of 8-18 HU (with the tissue
+    texture, soft-tissue noise of about 10-22 HU, as clinical abdominal CT at its own resolution: nnU-Net's spline
+    resampling to a coarse grid keeps per-voxel noise, it does not average it away).
 
     - nephrographic: cortex and medulla enhance alike (medulla within 0-20 HU of the cortex), the liver and veins
       a little more, arteries less; tumours stay below the parenchyma;
@@ -125,7 +127,7 @@ def vary_appearance(intens: Intensities, rng: np.random.Generator) -> Intensitie
         tumor_range = (40.0, 110.0)
     if rng.random() < ORAL_CONTRAST_RATE:  # positive oral contrast fills the bowel lumen instead of gas
         hu[GAS] = rng.uniform(150, 350)
-    return Intensities(hu=hu, texture=intens.texture, noise_sd=float(rng.uniform(6.0, 25.0)),
+    return Intensities(hu=hu, texture=intens.texture, noise_sd=float(rng.uniform(8.0, 18.0)),
                        tumor_range=tumor_range, cyst_range=intens.cyst_range,
                        psf_mm=float(rng.uniform(0.4, 1.2)), phase=phase)
 

@@ -15,7 +15,7 @@ def test_options_change_the_matching_keys(tmp_path):
     assert (c["workdir"], c["kits_dir"], c["test_dir"]) == (str(w), str(w / "kits_train"), str(w / "kits_test"))
     assert c["synthetic"] == {**defaults["synthetic"], "train_cases": 6, "test_cases": 2, "seed": 3}
     assert c["derive"]["seed"] == 3 and c["device"] == "cuda" and c["iterations"] == 10
-    assert c["epochs"] == {"221": 96, "222": 104, "223": 112}  # demo.yaml's 24 / 26 / 28, times 4
+    assert c["epochs"] == {"221": 96, "222": 72, "223": 144}  # demo.yaml's 24 / 18 / 36, times 4
     assert defaults == demo_defaults()  # not changed in place
     small = demo_config(defaults, DemoOptions(tmp_path, 12, 4, "cpu", 0, 25, epochs_scale=0.01))
     assert small["epochs"] == {"221": 1, "222": 1, "223": 1}

@@ -278,6 +278,40 @@ def test_coarse_loss_weights_missed_kidney_three_times_a_false_positive(stage_en
     assert float(g_miss / g_fp) == pytest.approx(3.0)
 
 
+def _region_loss(loss):
+    """nnU-Net's Dice+BCE inside a 223 trainer's loss (under the surface term and deep supervision)."""
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    from kits_plugins.losses.boundary import RegionDiceBCEBoundaryLoss
+
+    loss = loss.region_loss if isinstance(loss, RegionDiceBCEBoundaryLoss) else loss
+    return loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerKiTSMasses_demo", "nnUNetTrainerKiTSSurface_demo"])
+def test_demo_masses_losses_weight_missed_masses_five_times(stage_env, name):
+    """The demo's stage-223 trainers (both arms of the surface ablation alike) weight the BCE positives of every
+    region 5 : 1; the production trainers keep nnU-Net's unweighted BCE."""
+    tr = _trainer(name, 223)
+    tr.initialize()
+    bce = _region_loss(tr.loss).ce
+    assert bce.pos_weight.shape[0] == 2 and torch.all(bce.pos_weight == 5.0)
+    # a missed mass voxel (p = 0.2) and a false-positive voxel (p = 0.8): the miss pulls 5x harder on its logit
+    logits = torch.logit(torch.tensor([0.2, 0.8])).reshape(1, 1, 2, 1, 1).repeat(1, 2, 1, 1, 1).requires_grad_(True)
+    bce(logits, torch.tensor([1.0, 0.0]).reshape(1, 1, 2, 1, 1).repeat(1, 2, 1, 1, 1)).backward()
+    assert float(logits.grad[0, 0, 0].abs() / logits.grad[0, 0, 1].abs()) == pytest.approx(5.0)
+    production = _trainer(name.removesuffix("_demo"), 223)
+    production.initialize()
+    assert _region_loss(production.loss).ce.pos_weight is None
+
+
+def test_demo_surface_trainer_starts_the_surface_term_at_half_of_training(stage_env, monkeypatch):
+    monkeypatch.setenv("KITS_EPOCHS", "36")
+    tr = _trainer("nnUNetTrainerKiTSSurface_demo", 223)
+    weights = [tr.boundary_schedule(e) for e in range(36)]
+    assert weights[:19] == [0.0] * 19 and weights[27:] == [0.5] * 9 and 0 < weights[22] < 0.5
+
+
 def test_surface_trainer_loss_network_and_region_requirement(stage_env):
     tr = _trainer("nnUNetTrainerKiTSSurface", 223)
     tr.initialize()

@@ -112,7 +112,7 @@ def test_demo_yaml_keeps_the_demos_schedule_and_data():
     d = load_yaml(shipped_config("demo.yaml"))
     assert d["synthetic"] == {"train_cases": 12, "test_cases": 4, "seed": 0, "shape": [64, 128, 128],
                               "spacing": [4.0, 3.0, 3.0], "kits23_extent": True}
-    assert d["epochs"] == {"221": 24, "222": 26, "223": 28} and d["iterations"] == 15
+    assert d["epochs"] == {"221": 24, "222": 18, "223": 36} and d["iterations"] == 15
     assert d["trainers"] == {"221": "nnUNetTrainerKiTSCoarse_demo", "222": "nnUNetTrainerKiTSFine_demo",
                              "223": "nnUNetTrainerKiTSSurface_demo"}
     assert d["plan"]["target_spacing"] == [4.0, 3.0, 3.0] and d["plan"]["coarse_spacing"] == [8.0, 8.0, 8.0]

@@ -28,8 +28,8 @@ def test_the_demos_commands(tmp_path):
                                                "-p", "kitsPlans", "-device", "cpu"]
     assert steps.train(c, "223", "all")[0].endswith("nnUNetv2_train")
     assert [steps.train_environment(c, s) for s in ("221", "222", "223")] == [
-        {"KITS_EPOCHS": "24", "KITS_ITERS": "15"}, {"KITS_EPOCHS": "26", "KITS_ITERS": "15"},
-        {"KITS_EPOCHS": "28", "KITS_ITERS": "15"}]
+        {"KITS_EPOCHS": "24", "KITS_ITERS": "15"}, {"KITS_EPOCHS": "18", "KITS_ITERS": "15"},
+        {"KITS_EPOCHS": "36", "KITS_ITERS": "15"}]
     assert steps.predict(c, "0") == KITS + [
         "predict", "-i", str(w / "kits_test"), "-o", "prediction_parts/part_0_of_1", "-f", "all", "-device", "cpu",
         "-p", "kitsPlans", "--coarse-trainer", "nnUNetTrainerKiTSCoarse_demo", "--fine-trainer",
