@@ -105,8 +105,8 @@ def vary_appearance(intens: Intensities, rng: np.random.Generator) -> Intensitie
     """``intens`` in a randomly drawn contrast phase (:data:`PHASES`), with a noise level and a reconstruction
     kernel sharpness drawn over the range of clinical abdominal CT (procedural cases only; ``--from-labels``
     keeps :func:`draw_intensities`' look, the yardstick of issue 17). White noise of 8-18 HU (with the tissue
-    texture, soft-tissue noise of about 10-22 HU, as clinical abdominal CT at its own resolution: nnU-Net's spline
-    resampling to a coarse grid keeps per-voxel noise, it does not average it away).
+    texture, soft-tissue noise of about 10-22 HU, as clinical abdominal CT at its own resolution: nnU-Net resamples
+    to a coarse grid by spline interpolation without anti-aliasing, which largely keeps per-voxel noise).
 
     - nephrographic: cortex and medulla enhance alike (medulla within 0-20 HU of the cortex), the liver and veins
       a little more, arteries less; tumours stay below the parenchyma;
