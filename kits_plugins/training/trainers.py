@@ -479,14 +479,18 @@ class nnUNetTrainerStock_short(_ShortSchedule, nnUNetTrainerKiTSBase):
 
 class _DemoSchedule(_ShortSchedule):
     """``kits demo`` trains with fold ``all``, whose final validation would only re-predict the training cases:
-    skip it (the demo evaluates on held-out cases instead)."""
+    skip it there (the demo evaluates on held-out cases instead). Numeric folds validate as nnU-Net does: their
+    predictions are the cross-validated inputs of the next stage (train as you infer)."""
 
     #: progress.png is redrawn every this many epochs and after the last one: matplotlib takes about 1 s per
     #: drawing on a laptop CPU, 7-10% of a demo epoch (nnU-Net redraws it after every epoch)
     plot_every = 5
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file("final validation skipped (kits demo trains fold 'all'; it evaluates held-out cases)")
+        if self.fold != "all":
+            return super().perform_actual_validation(save_probabilities)
+        self.print_to_log_file("final validation skipped (fold 'all' holds no unseen case; kits demo evaluates "
+                               "held-out cases)")
 
     def on_epoch_end(self):
         epoch = self.current_epoch

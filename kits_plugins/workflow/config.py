@@ -213,10 +213,6 @@ def _check_chain(config: Mapping) -> None:
         if sorted(f for f in folds if f != "all") != CV_FOLDS or "all" in folds:
             raise KitsInputError(f"folds: train_as_you_infer needs the five cross-validation folds [0, 1, 2, 3, 4] "
                                  f"(every case predicted by a model that did not train on it), got {folds}")
-        demo = [config["trainers"][s] for s in ("221", "222") if config["trainers"][s].endswith("_demo")]
-        if demo:
-            raise KitsInputError(f"trainers: {demo[0]} skips the final validation that train_as_you_infer gathers; "
-                                 f"use a _short or production trainer, or train_as_you_infer: false")
     schedule = [k for k in ("epochs", "iterations") if config[k] is not None]
     plain = [t for t in config["trainers"].values() if not t.endswith(SCHEDULE_SUFFIXES)]
     if schedule and plain:

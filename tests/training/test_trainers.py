@@ -232,6 +232,24 @@ def test_demo_trainers_redraw_progress_every_fifth_epoch_and_after_the_last(stag
     assert "plot_progress_png" not in vars(tr.logger)  # the logger is left as it was
 
 
+def test_demo_trainers_validate_numeric_folds_and_skip_fold_all(stage_env, monkeypatch):
+    """Fold ``all`` has no unseen case; numeric folds' validation predictions feed the next stage (train as you
+    infer), so they run nnU-Net's own validation."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    calls: list[object] = []
+    monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation", lambda self, save=False: calls.append(self.fold))
+    monkeypatch.setattr(nnUNetTrainer, "print_to_log_file", lambda self, *a, **k: calls.append(" ".join(map(str, a))))
+    tr = _trainer("nnUNetTrainerKiTSFine_demo", 222)
+    calls.clear()  # the constructor's own log lines
+    tr.perform_actual_validation()
+    assert calls == [0]
+    tr.fold = "all"
+    tr.perform_actual_validation()
+    assert calls[1:] == ["final validation skipped (fold 'all' holds no unseen case; kits demo evaluates held-out "
+                         "cases)"]
+
+
 @pytest.mark.parametrize("name", ["nnUNetTrainerKiTSCoarse", "nnUNetTrainerKiTSFine"])
 def test_production_trainers_ignore_and_announce_schedule_env(stage_env, monkeypatch, capsys, name):
     """A leftover KITS_EPOCHS in the shell must not shorten a production model; the trainer says it ignores it."""

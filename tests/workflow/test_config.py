@@ -71,7 +71,6 @@ def test_snakemake_config_strings_take_the_schemas_types(data):
         ({"test_dir": "."}, "test_dir: {root}: no case_*/imaging.nii.gz (KiTS23 layout expected)"),
         ({"test_dir": "train"}, "test_dir: 3 case(s) are also training cases in kits_dir, first case_00000"),
         ({"folds": [0, 1]}, "folds: train_as_you_infer needs the five cross-validation folds"),
-        ({"trainers": {"222": "nnUNetTrainerKiTSFine_demo"}}, "trainers: nnUNetTrainerKiTSFine_demo skips the final"),
         ({"iterations": 5}, "iterations: only the _short and _demo trainers read KITS_EPOCHS / KITS_ITERS"),
         ({"synthetic": {"train_cases": 2, "test_cases": 1}}, "kits_dir: with synthetic, {root}/train must lie inside"),
     ],
@@ -86,6 +85,14 @@ def test_every_problem_is_one_line_naming_the_key(data, change, message):
     text = str(e.value)
     assert "\n" not in text and text.startswith(message.format(root=data).split("{")[0]), text
     assert message.format(root=data) in text
+
+
+def test_train_as_you_infer_takes_the_demo_trainers(data):
+    """The _demo trainers validate their numeric folds (only fold 'all' skips it), so the chain can gather them."""
+    demo = {"221": "nnUNetTrainerKiTSCoarse_demo", "222": "nnUNetTrainerKiTSFine_demo",
+            "223": "nnUNetTrainerKiTSSurface_demo"}
+    c = check_config(minimal(trainers=demo, epochs={"221": 2, "222": 2, "223": 4}), data)
+    assert c["train_as_you_infer"] is True and c["trainers"] == demo
 
 
 def test_missing_required_key(data):
