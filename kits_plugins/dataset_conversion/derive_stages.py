@@ -419,6 +419,10 @@ def derive_stages(
             for c in cases
         ]
         results = list(run_jobs(derive_case, jobs, num_processes, "derive-stages"))
+        if not any(r.records for r in results) and {FINE_DATASET_ID, MASSES_DATASET_ID} & set(stages):
+            marks = f"the predictions in {from_predictions}" if from_predictions else "the labels"
+            raise KitsInputError(f"{source}: no kidney ROI in any of its {len(cases)} case(s) ({marks} mark no kidney "
+                                 f"component): stages 222/223 would have no training case")
         _report(results, settings)
         _write_metadata(source, cases, results, out, settings, from_predictions)
     return dict(zip(stages, targets))

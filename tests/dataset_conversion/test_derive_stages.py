@@ -470,6 +470,24 @@ def test_from_predictions_keeps_false_positives_with_empty_labels(derived, tmp_p
     assert doc2["false_positive_rois"] == "dropped" and doc2["sampling_counts"] == {"full": 6}
 
 
+def test_predictions_with_no_kidney_anywhere_stop_before_writing(derived, tmp_path, link_raw):
+    """An untrained coarse model can mark nothing: 222 would be an empty dataset, which nnU-Net's planner fails on
+    with a bare StopIteration. One line instead, and the old Dataset222 stays."""
+    kits, raw, written = derived
+    preds = tmp_path / "empty_preds"
+    for case_dir in sorted(kits.glob("case_*")):
+        gt, g = read_image(case_dir / "segmentation.nii.gz")
+        write_image(np.zeros_like(gt), g, preds / f"{case_dir.name}.nii.gz")
+    raw7 = link_raw(tmp_path / "raw7", raw, "Dataset220_KiTS2023")
+    first = derive_stages(raw=raw7, margin_mm=MARGIN, min_volume_mm3=MIN_VOL, stages=[222])
+    before = sorted(p.name for p in (first[222] / "labelsTr").iterdir())
+    with pytest.raises(KitsInputError) as e:
+        derive_stages(raw=raw7, from_predictions=preds, stages=[222], overwrite=True)
+    text = str(e.value)
+    assert "\n" not in text and "no kidney ROI in any of its 4 case(s)" in text and str(preds) in text
+    assert sorted(p.name for p in (first[222] / "labelsTr").iterdir()) == before and before
+
+
 def test_truncation_is_seeded_per_case_and_leaves_the_jitter_alone(derived, tmp_path, link_raw, capsys):
     kits, raw, written = derived
     options = dict(margin_mm=MARGIN, jitter_mm=3.0, seed=7, min_volume_mm3=MIN_VOL, truncate_share=0.5, stages=[222])
