@@ -13,7 +13,14 @@ Systems (each trained on the same training phantoms and evaluated on the same te
 - ``cascade``: stages 221/222/223 with the package's trainers (surface loss on 223), ``kits predict`` (with its
   postprocessing);
 - ``cascade_no_surface``: the same stages 221 and 222 (the same trained networks) and 223 trained with plain region
-  Dice+BCE (``nnUNetTrainerKiTSMasses_demo``): the surface-loss ablation.
+  Dice+BCE (``nnUNetTrainerKiTSMasses_demo``): the surface-loss ablation;
+- ``cascade_tayi``: the cascade trained as it infers, through the workflow's cross-validated chain in its own
+  nnU-Net root (``WORKDIR/tayi``): 221 in five folds, its cross-validation predictions give 222's ROIs (``kits
+  derive-stages --from-predictions``), 222 in five folds, its cross-validation predictions give 223's mask channel
+  (``--masks-from``), 223 in fold ``all`` (nothing after it needs its cross-validation; five folds would give each a
+  fifth of its budget). At equal compute each fold gets a fifth of its stage's budget; ``kits predict`` ensembles
+  the five folds of 221 and 222. ``--quick`` leaves it out unless ``--systems`` names it (then with 5 training
+  cases and a budget of 1e7).
 
 Data: the label maps are split (seeded, stratified by cysts and slice thickness) into training and test cases;
 each map is resampled to the study spacing with nnU-Net's segmentation resampling and a CT is rendered on that grid
@@ -41,6 +48,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,24 +60,48 @@ from kits_plugins.evaluation.comparison import DEFAULT_BOOTSTRAP_SAMPLES, compar
 from kits_plugins.evaluation.metrics import METRIC_COLUMNS  # noqa: E402
 from kits_plugins.training.budget import Schedule, patch_voxel_passes, split_budget  # noqa: E402
 
-SYSTEMS = ("stock", "cascade", "cascade_no_surface")
-COMPARISONS = (("cascade", "stock"), ("cascade_no_surface", "stock"), ("cascade", "cascade_no_surface"))
+SYSTEMS = ("stock", "cascade", "cascade_no_surface", "cascade_tayi")
+QUICK_SYSTEMS = SYSTEMS[:3]
+COMPARISONS = (("cascade", "stock"), ("cascade_no_surface", "stock"), ("cascade", "cascade_no_surface"),
+               ("cascade_tayi", "stock"), ("cascade_tayi", "cascade"))
 PLANS = "kitsPlans"
 NETWORK_WIDTH = 0.25
-# network -> (dataset, configuration, trainer)
+TAYI = "tayi"  # the cross-validated chain's nnU-Net root, under the workdir
+CV_FOLDS: tuple[int | str, ...] = (0, 1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Network:
+    """One trained network of a system: an nnU-Net dataset, configuration and trainer, in the nnU-Net root
+    ``WORKDIR/root`` (the workdir itself when empty), trained in ``folds``."""
+
+    dataset: str
+    configuration: str
+    trainer: str
+    root: str = ""
+    folds: tuple[int | str, ...] = ("all",)
+
+
 NETWORKS = {
-    "stock": ("220", "3d_fullres", "nnUNetTrainerStock_demo"),
-    "coarse": ("221", "3d_lowres", "nnUNetTrainerKiTSCoarse_demo"),
-    "fine": ("222", "3d_fullres", "nnUNetTrainerKiTSFine_demo"),
-    "surface": ("223", "3d_fullres", "nnUNetTrainerKiTSSurface_demo"),
-    "masses": ("223", "3d_fullres", "nnUNetTrainerKiTSMasses_demo"),
+    "stock": Network("220", "3d_fullres", "nnUNetTrainerStock_demo"),
+    "coarse": Network("221", "3d_lowres", "nnUNetTrainerKiTSCoarse_demo"),
+    "fine": Network("222", "3d_fullres", "nnUNetTrainerKiTSFine_demo"),
+    "surface": Network("223", "3d_fullres", "nnUNetTrainerKiTSSurface_demo"),
+    "masses": Network("223", "3d_fullres", "nnUNetTrainerKiTSMasses_demo"),
+    "tayi_coarse": Network("221", "3d_lowres", "nnUNetTrainerKiTSCoarse_demo", TAYI, CV_FOLDS),
+    "tayi_fine": Network("222", "3d_fullres", "nnUNetTrainerKiTSFine_demo", TAYI, CV_FOLDS),
+    "tayi_surface": Network("223", "3d_fullres", "nnUNetTrainerKiTSSurface_demo", TAYI),
 }
+#: trained from the first plans (one nnU-Net root); the chain's networks are planned one after the other
+FIRST_NETWORKS = ("stock", "coarse", "fine", "surface", "masses")
 SYSTEM_NETWORKS = {"stock": ("stock",), "cascade": ("coarse", "fine", "surface"),
-                   "cascade_no_surface": ("coarse", "fine", "masses")}
+                   "cascade_no_surface": ("coarse", "fine", "masses"),
+                   "cascade_tayi": ("tayi_coarse", "tayi_fine", "tayi_surface")}
 # Of a cascade's budget. The first default run gave 20/40/40: 221 stopped at 175 iterations with its validation
 # pseudo-Dice still rising (0.30), so its ROIs covered half of each CT, while 222 passed 0.83 within 92 iterations
 # and 223 began to mark masses only after 370-460 (benchmarks/results/accuracy_study.json, training logs).
 STAGE_SHARES = {"coarse": 0.45, "fine": 0.15, "surface": 0.4, "masses": 0.4}
+STAGE_SHARES.update({f"tayi_{n}": STAGE_SHARES[n] for n in ("coarse", "fine", "surface")})
 DATASET_FOLDERS = {"220": "Dataset220_KiTS2023", "221": "Dataset221_KiTS2023Coarse",
                    "222": "Dataset222_KiTS2023Kidney", "223": "Dataset223_KiTS2023Masses"}
 
@@ -79,7 +111,10 @@ DATASET_FOLDERS = {"220": "Dataset220_KiTS2023", "221": "Dataset221_KiTS2023Coar
 DEFAULTS = {"spacing": [3.0, 3.0, 3.0], "coarse_spacing": [7.5, 7.5, 7.5], "gpu_memory_target_gb": 3.0,
             "test_fraction": 0.3, "budget": 3.5e8, "val_iterations": 2, "phantom_seed": 0, "bootstrap_seed": 0}
 QUICK = {"spacing": [6.0, 6.0, 6.0], "coarse_spacing": [12.0, 12.0, 12.0], "train_cases": 2, "test_cases": 1,
-         "budget": 4.0e6}
+         "budget": 4.0e6, "chain_train_cases": 5, "chain_budget": 1.0e7}
+# with cascade_tayi: five folds need five training cases, and each fold at least one iteration of its network (at
+# 4e6 the 222 folds' single iterations overspend the quick budget by 4%; at 2e7 a run's 221 folds, 37 iterations
+# each, marked no kidney in any training case, so 222 had nothing to train on)
 THICK_SLICE_MM = 2.5  # stratum boundary: thin (< 2.5 mm) and thick slices
 
 
@@ -240,21 +275,26 @@ def nnunet_env(workdir: Path) -> dict[str, str]:
     return env
 
 
-def fold_dir(workdir: Path, network: str) -> Path:
-    dataset, configuration, trainer = NETWORKS[network]
-    return workdir / "nnUNet_results" / DATASET_FOLDERS[dataset] / f"{trainer}__{PLANS}__{configuration}" / "fold_all"
+def fold_dir(workdir: Path, network: str, fold: int | str = "all") -> Path:
+    n = NETWORKS[network]
+    return (workdir / n.root / "nnUNet_results" / DATASET_FOLDERS[n.dataset] / f"{n.trainer}__{PLANS}__{n.configuration}"
+            / f"fold_{fold}")
+
+
+def iteration_cost(workdir: Path, network: str) -> dict:
+    """Batch size, patch size and voxel-passes per iteration of a network, from its plans."""
+    n = NETWORKS[network]
+    plans = json.loads((workdir / n.root / "nnUNet_preprocessed" / DATASET_FOLDERS[n.dataset] / f"{PLANS}.json")
+                       .read_text())
+    c = plans["configurations"][n.configuration]
+    return {"batch_size": c["batch_size"], "patch_size": c["patch_size"], "spacing": c["spacing"],
+            "features_per_stage": c["architecture"]["arch_kwargs"]["features_per_stage"],
+            "voxel_passes_per_iteration": patch_voxel_passes(c["batch_size"], c["patch_size"])}
 
 
 def iteration_costs(workdir: Path) -> dict[str, dict]:
-    """Batch size, patch size and voxel-passes per iteration of every network, from its plans."""
-    out = {}
-    for network, (dataset, configuration, _) in NETWORKS.items():
-        plans = json.loads((workdir / "nnUNet_preprocessed" / DATASET_FOLDERS[dataset] / f"{PLANS}.json").read_text())
-        c = plans["configurations"][configuration]
-        out[network] = {"batch_size": c["batch_size"], "patch_size": c["patch_size"], "spacing": c["spacing"],
-                        "features_per_stage": c["architecture"]["arch_kwargs"]["features_per_stage"],
-                        "voxel_passes_per_iteration": patch_voxel_passes(c["batch_size"], c["patch_size"])}
-    return out
+    """``iteration_cost`` of every network of the first plans."""
+    return {network: iteration_cost(workdir, network) for network in FIRST_NETWORKS}
 
 
 def schedules(budget: float, costs: dict[str, dict]) -> dict[str, Schedule]:
@@ -275,56 +315,122 @@ def schedules(budget: float, costs: dict[str, dict]) -> dict[str, Schedule]:
 
 def trained_voxel_passes(workdir: Path, network: str) -> dict:
     """What a finished training actually ran, from nnU-Net's ``debug.json`` (the trainer's attributes) and the
-    fold's plans: epochs, iterations per epoch, batch and patch size, voxel-passes."""
-    d = fold_dir(workdir, network)
-    debug = json.loads((d / "debug.json").read_text())
-    plans = json.loads((d.parent / "plans.json").read_text())
-    configuration = NETWORKS[network][1]
-    patch = plans["configurations"][configuration]["patch_size"]
-    epochs, iterations, batch = int(debug["num_epochs"]), int(debug["num_iterations_per_epoch"]), int(debug["batch_size"])
-    return {"epochs": epochs, "iterations_per_epoch": iterations, "batch_size": batch, "patch_size": patch,
-            "voxel_passes": epochs * iterations * patch_voxel_passes(batch, patch)}
+    fold's plans: epochs, iterations per epoch, batch and patch size, voxel-passes (summed over the folds)."""
+    n = NETWORKS[network]
+    runs = []
+    for fold in n.folds:
+        d = fold_dir(workdir, network, fold)
+        debug = json.loads((d / "debug.json").read_text())
+        patch = json.loads((d.parent / "plans.json").read_text())["configurations"][n.configuration]["patch_size"]
+        runs.append((int(debug["num_epochs"]), int(debug["num_iterations_per_epoch"]), int(debug["batch_size"]),
+                     patch))
+    if any(r != runs[0] for r in runs):
+        raise SystemExit(f"accuracy_study: {network}: the folds trained different schedules {runs}")
+    epochs, iterations, batch, patch = runs[0]
+    return {"folds": list(n.folds), "epochs": epochs, "iterations_per_epoch": iterations, "batch_size": batch,
+            "patch_size": patch, "voxel_passes": len(runs) * epochs * iterations * patch_voxel_passes(batch, patch)}
 
 
 def training_curve(workdir: Path, network: str) -> dict:
     """nnU-Net's validation pseudo-Dice of a finished training, per epoch (mean over regions) and per region at the
-    last epoch, from ``checkpoint_final.pth``'s log (read with the package's safe loader). With fold ``all`` it is
-    measured on patches of the training cases: it shows whether a network learned, not how it generalises."""
+    last epoch, from ``checkpoint_final.pth``'s log (read with the package's safe loader); of the first fold when
+    there are several. With fold ``all`` it is measured on patches of the training cases: it shows whether a
+    network learned, not how it generalises."""
     from kits_plugins.inference.checkpoints import load_checkpoint
 
-    log = load_checkpoint(fold_dir(workdir, network) / "checkpoint_final.pth")["logging"]
+    log = load_checkpoint(fold_dir(workdir, network, NETWORKS[network].folds[0]) / "checkpoint_final.pth")["logging"]
     return {"pseudo_dice_per_epoch": [round(float(v), 4) for v in log["mean_fg_dice"]],
             "pseudo_dice_last_epoch": [round(float(v), 4) for v in log["dice_per_class_or_region"][-1]]}
 
 
-def train(workdir: Path, network: str, schedule: Schedule, val_iterations: int) -> dict:
-    dataset, configuration, trainer = NETWORKS[network]
-    argv = [nnunet("nnUNetv2_train"), dataset, configuration, "all", "-tr", trainer, "-p", PLANS, "-device", "cpu"]
-    if (fold_dir(workdir, network) / "checkpoint_best.pth").exists() or \
-            (fold_dir(workdir, network) / "checkpoint_latest.pth").exists():
+def train(workdir: Path, network: str, schedule: Schedule, val_iterations: int, fold: int | str = "all") -> dict:
+    n = NETWORKS[network]
+    argv = [nnunet("nnUNetv2_train"), n.dataset, n.configuration, str(fold), "-tr", n.trainer, "-p", PLANS,
+            "-device", "cpu"]
+    if (fold_dir(workdir, network, fold) / "checkpoint_best.pth").exists() or \
+            (fold_dir(workdir, network, fold) / "checkpoint_latest.pth").exists():
         argv.append("--c")  # a killed run: continue its checkpoint
-    env = {**nnunet_env(workdir), "KITS_EPOCHS": str(schedule.epochs),
+    env = {**nnunet_env(workdir / n.root), "KITS_EPOCHS": str(schedule.epochs),
            "KITS_ITERS": str(schedule.iterations_per_epoch), "KITS_VAL_ITERS": str(val_iterations)}
-    run(argv, workdir / "logs" / f"train_{network}.log", env)
+    suffix = "" if fold == "all" else f"_fold{fold}"
+    run(argv, workdir / "logs" / f"train_{network}{suffix}.log", env)
     return {"command": shlex.join(argv), "schedule": {"epochs": schedule.epochs,
                                                       "iterations_per_epoch": schedule.iterations_per_epoch}}
 
 
+# ------------------------------------------------------------------------------------------------ train as you infer
+def fold_budget(system_budget: float, network: str, iteration_cost: int) -> Schedule:
+    """One fold's schedule of a chain network: its stage's share of the system's budget, split evenly over its
+    folds (each fold trains the same schedule)."""
+    n = NETWORKS[network]
+    return split_budget(system_budget * STAGE_SHARES[network] / len(n.folds), [1.0], [iteration_cost])[0]
+
+
+def last_budget(system_budget: float, spent: float, network: str, iteration_cost: int) -> Schedule:
+    """The chain's last network spends what the others left of the system's budget (rounding carried to it, as
+    ``split_budget`` does for the other cascades)."""
+    left = system_budget - spent
+    if left <= 0:
+        raise SystemExit(f"accuracy_study: {network}: the chain's earlier stages spent the whole budget ({spent:.3g} "
+                         f"of {system_budget:.3g} voxel-passes): raise --budget")
+    return split_budget(left / len(NETWORKS[network].folds), [1.0], [iteration_cost])[0]
+
+
+def start_chain(workdir: Path) -> dict:
+    """The chain's nnU-Net root: Dataset220 and 221 linked from the first root (221 is derived from the ground
+    truth in both), 221's preprocessed data copied (nnU-Net writes beside it)."""
+    t = workdir / TAYI
+    shutil.rmtree(t, ignore_errors=True)
+    (t / "nnUNet_raw").mkdir(parents=True)
+    (t / "nnUNet_preprocessed").mkdir()
+    for d in ("220", "221"):
+        (t / "nnUNet_raw" / DATASET_FOLDERS[d]).symlink_to(workdir / "nnUNet_raw" / DATASET_FOLDERS[d])
+    shutil.copytree(workdir / "nnUNet_preprocessed" / DATASET_FOLDERS["221"],
+                    t / "nnUNet_preprocessed" / DATASET_FOLDERS["221"])
+    return {}
+
+
+def chain_step(workdir: Path, network: str, derive: Sequence[str], dataset: str, plan_args: Sequence[str]) -> dict:
+    """The workflow's rules between two stages (``gather_cv_*``, then ``derive_from_predictions`` + ``plan_222`` or
+    ``derive_masks`` + ``plan_223``): gather ``network``'s cross-validation predictions, derive ``dataset`` from
+    them, plan it."""
+    from kits_plugins.workflow.collect import gather_crossval
+
+    n, t = NETWORKS[network], workdir / NETWORKS[network].root
+    crossval = t / "crossval" / n.dataset
+    cases = gather_crossval([fold_dir(workdir, network, f) for f in n.folds],
+                            t / "nnUNet_preprocessed" / DATASET_FOLDERS[n.dataset] / "splits_final.json", crossval)
+    log, env = workdir / "logs" / f"tayi_{dataset}.log", nnunet_env(t)
+    run(kits("derive-stages", "--overwrite", *derive, str(crossval), "-np", "2"), log, env)
+    from kits_plugins.utilities.crops import load_crops
+
+    crops, _ = load_crops(t / "nnUNet_raw" / DATASET_FOLDERS[dataset] / "crops.json")
+    with_roi = len({r.case for r in crops.values()})
+    if with_roi < len(CV_FOLDS):  # nnU-Net's five folds would leave a fold without a training case
+        raise SystemExit(f"accuracy_study: cascade_tayi: {network}'s cross-validation predictions give ROIs in only "
+                         f"{with_roi} training case(s), five folds need five: raise --budget")
+    run(kits("plan", "-d", dataset, *plan_args), log, env)
+    return {"crossval_predictions": cases, "cases_with_roi": with_roi}
+
+
 def predict(workdir: Path, system: str, phantoms: Path, out: Path) -> dict:
+    """``nnUNetv2_predict`` (stock) or ``kits predict`` (the cascades: fold ``all``; the chain's every fold it
+    holds, ``kits predict``'s default: five of 221 and 222, ``all`` of 223)."""
     if out.exists():
         shutil.rmtree(out)
-    env = nnunet_env(workdir)
+    nets = [NETWORKS[n] for n in SYSTEM_NETWORKS[system]]
+    env = nnunet_env(workdir / nets[0].root)
     log = workdir / "logs" / f"predict_{system}_{out.parent.parent.name}.log"
     if system == "stock":
         images = nnunet_images(phantoms, out.parent / "imagesTs")
         argv = [nnunet("nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d", "220", "-c", "3d_fullres",
-                "-f", "all", "-tr", NETWORKS["stock"][2], "-p", PLANS, "-device", "cpu", "--disable_tta",
+                "-f", "all", "-tr", nets[0].trainer, "-p", PLANS, "-device", "cpu", "--disable_tta",
                 "-npp", "1", "-nps", "1"]
     else:
-        masses = NETWORKS["surface" if system == "cascade" else "masses"][2]
-        argv = kits("predict", "-i", str(phantoms), "-o", str(out), "-f", "all", "-p", PLANS, "-device", "cpu",
-                    "--coarse-trainer", NETWORKS["coarse"][2], "--fine-trainer", NETWORKS["fine"][2],
-                    "--masses-trainer", masses, "--disable_tta")
+        folds = ["-f", "all"] if all(n.folds == ("all",) for n in nets) else []
+        argv = kits("predict", "-i", str(phantoms), "-o", str(out), *folds, "-p", PLANS, "-device", "cpu",
+                    "--coarse-trainer", nets[0].trainer, "--fine-trainer", nets[1].trainer,
+                    "--masses-trainer", nets[2].trainer, "--disable_tta")
     run(argv, log, env)
     return {"command": shlex.join(argv)}
 
@@ -341,7 +447,7 @@ def summarise(per_case: dict[str, dict[str, dict[str, float]]], seed: int) -> tu
     means = {s: {m: float(np.nanmean([row[m] for row in rows.values()])) for m in METRIC_COLUMNS}
              for s, rows in per_case.items()}
     comparisons = []
-    for a, b in COMPARISONS:
+    for a, b in (c for c in COMPARISONS if set(c) <= set(per_case)):
         for m in METRIC_COLUMNS:
             r = compare_paired({c: v[m] for c, v in per_case[a].items()}, {c: v[m] for c, v in per_case[b].items()},
                                seed=seed)
@@ -367,7 +473,8 @@ def figure(per_case: dict, predictions: dict[str, Path], phantoms: Path, out: Pa
     worst = max(cases, key=lambda c: spread[c])
     fig = plt.figure(figsize=(4 * max(3, len(systems) + 1), 8))
     grid = fig.add_gridspec(2, max(6, 2 * (len(systems) + 1)))
-    colors = {"stock": "tab:gray", "cascade": "tab:blue", "cascade_no_surface": "tab:orange"}
+    colors = {"stock": "tab:gray", "cascade": "tab:blue", "cascade_no_surface": "tab:orange",
+              "cascade_tayi": "tab:purple"}
     for i, m in enumerate(METRIC_COLUMNS):
         ax = fig.add_subplot(grid[0, i])
         for k, s in enumerate(systems):
@@ -419,9 +526,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="with --test-labels: predict with the models WORKDIR already holds, no training")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--budget", type=float, help=f"training voxel-passes per system (default {DEFAULTS['budget']:.3g}; "
-                   f"--quick {QUICK['budget']:.3g})")
-    p.add_argument("--quick", action="store_true", help="2 training cases, 1 test case, coarse spacing, tiny budget: "
-                   "checks the plumbing in minutes")
+                   f"--quick {QUICK['budget']:.3g}, with cascade_tayi {QUICK['chain_budget']:.3g})")
+    p.add_argument("--quick", action="store_true", help="2 training cases (5 with cascade_tayi), 1 test case, coarse "
+                   "spacing, tiny budget: checks the plumbing in minutes")
+    p.add_argument("--systems", nargs="+", choices=SYSTEMS, help="train and evaluate only these (default: all; "
+                   f"--quick: {' '.join(QUICK_SYSTEMS)}); a rerun in the same workdir adds systems to those trained")
     p.add_argument("--workdir", type=Path, default=Path("accuracy_study_work"))
     p.add_argument("--out", type=Path, required=True, help="JSON to write")
     p.add_argument("--figure", type=Path, help="PNG to write (default: --out with .png)")
@@ -431,15 +540,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def plan_args(settings: dict) -> list[str]:
+    """``kits plan``'s options of every network: the study spacing, the coarse spacing, width and memory target."""
+    return ["--target-spacing", *map(str, settings["spacing_mm"]), "--coarse-spacing",
+            *map(str, settings["coarse_spacing_mm"]), "--network-width", str(NETWORK_WIDTH),
+            "--gpu-memory-target", str(settings["gpu_memory_target_gb"]), "-np", "2"]
+
+
+def chosen_systems(args: argparse.Namespace) -> list[str]:
+    default = QUICK_SYSTEMS if args.quick else SYSTEMS
+    return [s for s in SYSTEMS if s in (args.systems or default)]
+
+
 def study_settings(args: argparse.Namespace, cases: dict[str, Path]) -> dict:
     """What the trained models depend on (a workdir holds one study: a rerun must not mix settings)."""
     quick = args.quick
+    chain = "cascade_tayi" in chosen_systems(args)
+    chain_cases = {"train_cases": QUICK["chain_train_cases"] if chain else QUICK["train_cases"]} if quick else {}
+    quick_budget = QUICK["chain_budget"] if chain else QUICK["budget"]
     return {
         "labels": str(args.labels.resolve()),
         "quick": quick,
+        **chain_cases,
         "spacing_mm": QUICK["spacing"] if quick else DEFAULTS["spacing"],
         "coarse_spacing_mm": QUICK["coarse_spacing"] if quick else DEFAULTS["coarse_spacing"],
-        "budget_voxel_passes": float(args.budget or (QUICK["budget"] if quick else DEFAULTS["budget"])),
+        "budget_voxel_passes": float(args.budget or (quick_budget if quick else DEFAULTS["budget"])),
         "stage_shares": {n: STAGE_SHARES[n] for n in ("coarse", "fine", "surface")},
         "network_width": NETWORK_WIDTH,
         "gpu_memory_target_gb": DEFAULTS["gpu_memory_target_gb"],
@@ -473,7 +598,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     spacing, budget = settings["spacing_mm"], settings["budget_voxel_passes"]
 
     train_only = not args.reuse_models
-    steps = Steps(w, total=(5 + len(NETWORKS) if train_only else 1) + 2 * len(SYSTEMS))
+    systems = chosen_systems(args)
+    needed = {n for s in systems for n in SYSTEM_NETWORKS[s]}
+    chain = "cascade_tayi" in systems
+    # split, phantoms, prepare, budget, trainings; the chain: its root, 3 budgets, 2 derivations, 11 trainings
+    chain_steps = 6 + sum(len(NETWORKS[n].folds) for n in SYSTEM_NETWORKS["cascade_tayi"])
+    n_train = 4 + len(needed & set(FIRST_NETWORKS)) + (chain_steps if chain else 0)
+    steps = Steps(w, total=(n_train if train_only else 0) + 1 + 2 * len(systems))
     env = nnunet_env(w)
 
     # 1. split (stratified, seeded); --test-labels: all of --labels trains
@@ -486,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 train_cases, test_cases = stratified_split(strata, settings["test_fraction"], args.split_seed)
             if args.quick:  # the smallest cases of each side
-                train_cases = sorted(train_cases, key=lambda c: (strata[c]["voxels"], c))[: QUICK["train_cases"]]
+                train_cases = sorted(train_cases, key=lambda c: (strata[c]["voxels"], c))[: settings["train_cases"]]
                 test_cases = sorted(test_cases, key=lambda c: (strata[c]["voxels"], c))[: QUICK["test_cases"]]
             return {"train": sorted(train_cases), "test": sorted(test_cases), "strata": strata}
         split = steps.run("split", "split the label maps", do_split)
@@ -508,10 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shutil.rmtree(w / d, ignore_errors=True)
             run(kits("convert", str(w / "phantoms_train"), "--overwrite", "-np", "2"), log, env)
             run(kits("derive-stages", "--overwrite", "-np", "2"), log, env)
-            plan = ["--target-spacing", *map(str, spacing), "--coarse-spacing",
-                    *map(str, settings["coarse_spacing_mm"]), "--network-width", str(NETWORK_WIDTH),
-                    "--gpu-memory-target", str(settings["gpu_memory_target_gb"]), "-np", "2"]
-            run_parallel([(kits("plan", "-d", *datasets, *plan), w / "logs" / f"plan_{'_'.join(datasets)}.log")
+            run_parallel([(kits("plan", "-d", *datasets, *plan_args(settings)), w / "logs" / f"plan_{'_'.join(datasets)}.log")
                           for datasets in (("220", "222"), ("221", "223"))], env)
             return {}
         steps.run("prepare", "convert, derive the stages, plan and preprocess (kits convert/derive-stages/plan)",
@@ -521,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             costs = iteration_costs(w)
             plan = schedules(budget, costs)
             totals = {system: sum(plan[n].iterations * costs[n]["voxel_passes_per_iteration"] for n in nets)
-                      for system, nets in SYSTEM_NETWORKS.items()}
+                      for system, nets in SYSTEM_NETWORKS.items() if system != "cascade_tayi"}
             if max(totals.values()) > 1.01 * min(totals.values()):
                 raise SystemExit(f"accuracy_study: whole iterations give the systems {totals} voxel-passes, more than 1% "
                                  "apart: raise --budget")
@@ -529,12 +657,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "voxel_passes": s.iterations * costs[n]["voxel_passes_per_iteration"]}
                                  for n, s in plan.items()}}
         planned = steps.run("budget", f"split {budget:.3g} voxel-passes per system", do_budget)
-        for network in NETWORKS:
-            n = planned["networks"][network]
+        val_iterations = settings["val_iterations_per_epoch"]
+
+        def train_network(network: str, n: dict) -> None:
             s = Schedule(n["epochs"], n["iterations_per_epoch"])
-            steps.run(f"train_{network}", f"train {network} ({NETWORKS[network][2]}, {s.epochs} epochs x "
-                      f"{s.iterations_per_epoch} iterations, batch {n['batch_size']} x {n['patch_size']})",
-                      lambda network=network, s=s: train(w, network, s, settings["val_iterations_per_epoch"]))
+            for fold in NETWORKS[network].folds:
+                name, of = (f"train_{network}", "") if fold == "all" else (f"train_{network}_fold{fold}", f" fold {fold}")
+                steps.run(name, f"train {network}{of} ({NETWORKS[network].trainer}, {s.epochs} epochs x "
+                          f"{s.iterations_per_epoch} iterations, batch {n['batch_size']} x {n['patch_size']})",
+                          lambda fold=fold: train(w, network, s, val_iterations, fold))
+
+        for network in FIRST_NETWORKS:
+            if network in needed:
+                train_network(network, planned["networks"][network])
+
+        if chain:  # train as you infer: each stage's inputs from the cross-validated stage before
+            system_budget = float(planned["networks"]["stock"]["voxel_passes"])
+            steps.run("tayi_start", f"cross-validated chain: nnU-Net root {w / TAYI}", lambda: start_chain(w))
+            spent = 0.0
+            derive = {"tayi_fine": ("tayi_coarse", ["--stages", "222", "--from-predictions"], "222"),
+                      "tayi_surface": ("tayi_fine", ["--masks-from"], "223")}
+            for network in SYSTEM_NETWORKS["cascade_tayi"]:
+                if network in derive:
+                    before, options, dataset = derive[network]
+                    steps.run(f"tayi_{dataset}", f"gather {before}'s cross-validation predictions, derive and plan "
+                              f"{dataset} from them", lambda before=before, options=options, dataset=dataset:
+                              chain_step(w, before, options, dataset, plan_args(settings)))
+
+                def chain_budget(network: str = network, spent: float = spent) -> dict:
+                    cost = iteration_cost(w, network)
+                    per_iteration = cost["voxel_passes_per_iteration"]
+                    s = (last_budget(system_budget, spent, network, per_iteration) if network == "tayi_surface"
+                         else fold_budget(system_budget, network, per_iteration))
+                    return {**cost, "epochs": s.epochs, "iterations_per_epoch": s.iterations_per_epoch,
+                            "voxel_passes": len(NETWORKS[network].folds) * s.iterations * per_iteration}
+                n = steps.run(f"budget_{network}", f"{network}: its share of {system_budget:.4g} voxel-passes, "
+                              f"{len(NETWORKS[network].folds)} fold(s)", chain_budget)
+                spent += n["voxel_passes"]
+                if network == "tayi_surface" and abs(spent - system_budget) > 0.01 * system_budget:
+                    raise SystemExit(f"accuracy_study: whole iterations give cascade_tayi {spent:.4g} voxel-passes "
+                                     f"against {system_budget:.4g}, more than 1% apart: raise --budget")
+                train_network(network, n)
 
     # test phantoms, predictions, evaluation
     phantoms = test_root / "phantoms"
@@ -542,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               lambda: make_phantoms(link_labels(test_cases_all, test_cases, test_root / "labels"), phantoms, spacing,
                                     seed, w / "logs" / f"phantoms_{test_name}.log"))
     per_case, predict_wall, predictions = {}, {}, {}
-    for system in SYSTEMS:
+    for system in systems:
         predictions[system] = test_root / "predictions" / system
         marker = steps.run(f"predict_{system}_{test_name}", f"predict {system} on {len(test_cases)} test cases",
                            lambda system=system: predict(w, system, phantoms, predictions[system]))
@@ -554,19 +717,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_case[system] = marker["per_case"]
 
     # the report
-    trained = {n: trained_voxel_passes(w, n) for n in NETWORKS}
-    train_wall = {n: (steps.done(f"train_{n}") or {}).get("wall_s", math.nan) for n in NETWORKS}
+    def wall(name: str) -> float:
+        return float((steps.done(name) or {}).get("wall_s", math.nan))
+
+    networks = sorted({n for s in systems for n in SYSTEM_NETWORKS[s]})
+    trained = {n: trained_voxel_passes(w, n) for n in networks}
+    train_wall = {n: sum(wall(f"train_{n}" if f == "all" else f"train_{n}_fold{f}") for f in NETWORKS[n].folds)
+                  for n in networks}
+    chain_wall = sum(wall(name) for name in ("tayi_start", "tayi_222", "tayi_223")) if chain else 0.0
     means, comparisons = summarise(per_case, DEFAULTS["bootstrap_seed"])
-    systems = {}
-    for s in SYSTEMS:
+    report = {}
+    for s in systems:
         nets = SYSTEM_NETWORKS[s]
-        systems[s] = {
-            "networks": {n: {**trained[n], "trainer": NETWORKS[n][2], "train_wall_s": train_wall[n],
+        extra = chain_wall if s == "cascade_tayi" else 0.0  # gathering, deriving and planning between the stages
+        report[s] = {
+            "networks": {n: {**trained[n], "trainer": NETWORKS[n].trainer, "train_wall_s": train_wall[n],
                              **training_curve(w, n)} for n in nets},
             "voxel_passes": sum(trained[n]["voxel_passes"] for n in nets),
-            "train_wall_s": sum(train_wall[n] for n in nets),
+            "train_wall_s": sum(train_wall[n] for n in nets) + extra,
             "predict_wall_s": predict_wall[s],
-            "wall_s": sum(train_wall[n] for n in nets) + predict_wall[s],
+            "wall_s": sum(train_wall[n] for n in nets) + extra + predict_wall[s],
             "per_case": per_case[s],
             "mean": means[s],
         }
@@ -588,10 +758,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           or not p.stem.startswith(("phantoms_", "predict_", "evaluate_"))),
             "wall_s_this_run": time.perf_counter() - t_start,
             "figure": str(fig_path), "figure_case": worst,
-            "postprocessing": {"stock": "none", "cascade": "kits predict's", "cascade_no_surface": "kits predict's"},
+            "postprocessing": {s: "none" if s == "stock" else "kits predict's" for s in systems},
             "tta": False,
+            "system_voxel_passes": float((steps.done("budget") or {})["networks"]["stock"]["voxel_passes"]),
+            "folds": {s: {n: list(NETWORKS[n].folds) for n in SYSTEM_NETWORKS[s]} for s in systems},
         },
-        "systems": systems,
+        "systems": report,
         "comparisons": comparisons,
     }
     write_json(args.out, result)
