@@ -393,24 +393,34 @@ def start_chain(workdir: Path) -> dict:
 def chain_step(workdir: Path, network: str, derive: Sequence[str], dataset: str, plan_args: Sequence[str]) -> dict:
     """The workflow's rules between two stages (``gather_cv_*``, then ``derive_from_predictions`` + ``plan_222`` or
     ``derive_masks`` + ``plan_223``): gather ``network``'s cross-validation predictions, derive ``dataset`` from
-    them, plan it."""
+    them, plan it. 221's predictions give 222 a training case only where they mark a kidney; with fewer such cases
+    than folds the chain cannot go on, and the returned record says why (``stopped``) instead."""
+    from kits_plugins.utilities.image_io import read_label
     from kits_plugins.workflow.collect import gather_crossval
 
     n, t = NETWORKS[network], workdir / NETWORKS[network].root
     crossval = t / "crossval" / n.dataset
     cases = gather_crossval([fold_dir(workdir, network, f) for f in n.folds],
                             t / "nnUNet_preprocessed" / DATASET_FOLDERS[n.dataset] / "splits_final.json", crossval)
+    record: dict = {"crossval_predictions": cases}
+    if "--from-predictions" in derive:  # the largest marked component of a case always gets an ROI
+        record["cases_with_roi"] = sum(bool(read_label(p)[0].any()) for p in sorted(crossval.iterdir()))
+        if record["cases_with_roi"] < len(CV_FOLDS):
+            record["stopped"] = (f"{network}'s cross-validation predictions mark a kidney in {record['cases_with_roi']} "
+                                 f"of {cases} training cases; {dataset}'s five folds need at least five")
+            return record
     log, env = workdir / "logs" / f"tayi_{dataset}.log", nnunet_env(t)
     run(kits("derive-stages", "--overwrite", *derive, str(crossval), "-np", "2"), log, env)
-    from kits_plugins.utilities.crops import load_crops
-
-    crops, _ = load_crops(t / "nnUNet_raw" / DATASET_FOLDERS[dataset] / "crops.json")
-    with_roi = len({r.case for r in crops.values()})
-    if with_roi < len(CV_FOLDS):  # nnU-Net's five folds would leave a fold without a training case
-        raise SystemExit(f"accuracy_study: cascade_tayi: {network}'s cross-validation predictions give ROIs in only "
-                         f"{with_roi} training case(s), five folds need five: raise --budget")
     run(kits("plan", "-d", dataset, *plan_args), log, env)
-    return {"crossval_predictions": cases, "cases_with_roi": with_roi}
+    return record
+
+
+def fold_curves(workdir: Path, network: str) -> dict:
+    """Every fold's validation pseudo-Dice per epoch (``training_curve`` of each fold)."""
+    from kits_plugins.inference.checkpoints import load_checkpoint
+
+    return {str(f): [round(float(v), 4) for v in load_checkpoint(fold_dir(workdir, network, f) / "checkpoint_final.pth")
+                     ["logging"]["mean_fg_dice"]] for f in NETWORKS[network].folds}
 
 
 def predict(workdir: Path, system: str, phantoms: Path, out: Path) -> dict:
@@ -680,9 +690,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for network in SYSTEM_NETWORKS["cascade_tayi"]:
                 if network in derive:
                     before, options, dataset = derive[network]
-                    steps.run(f"tayi_{dataset}", f"gather {before}'s cross-validation predictions, derive and plan "
-                              f"{dataset} from them", lambda before=before, options=options, dataset=dataset:
-                              chain_step(w, before, options, dataset, plan_args(settings)))
+                    record = steps.run(f"tayi_{dataset}", f"gather {before}'s cross-validation predictions, derive "
+                                       f"and plan {dataset} from them", lambda before=before, options=options,
+                                       dataset=dataset: chain_step(w, before, options, dataset, plan_args(settings)))
+                    if record.get("stopped"):
+                        print(f"[accuracy_study] cascade_tayi stops: {record['stopped']}", flush=True)
+                        break
 
                 def chain_budget(network: str = network, spent: float = spent) -> dict:
                     cost = iteration_cost(w, network)
@@ -698,6 +711,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise SystemExit(f"accuracy_study: whole iterations give cascade_tayi {spent:.4g} voxel-passes "
                                      f"against {system_budget:.4g}, more than 1% apart: raise --budget")
                 train_network(network, n)
+
+    # a chain that could not go on is reported, not predicted
+    stopped = (steps.done("tayi_222") or {}).get("stopped") if chain else None
+    if stopped:
+        systems = [s for s in systems if s != "cascade_tayi"]
 
     # test phantoms, predictions, evaluation
     phantoms = test_root / "phantoms"
@@ -741,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mean": means[s],
         }
     fig_path = args.figure or args.out.with_suffix(".png")
-    worst = figure(per_case, predictions, phantoms, fig_path)
+    worst = figure(per_case, predictions, phantoms, fig_path) if per_case else None
     strata = split["strata"]
     result = {
         "settings": {
@@ -764,6 +782,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "folds": {s: {n: list(NETWORKS[n].folds) for n in SYSTEM_NETWORKS[s]} for s in systems},
         },
         "systems": report,
+        "not_trained": {} if not stopped else {"cascade_tayi": {
+            "reason": stopped, "cases_with_roi": (steps.done("tayi_222") or {})["cases_with_roi"],
+            "training_cases": len(split["train"]),
+            "networks": {"tayi_coarse": {**trained_voxel_passes(w, "tayi_coarse"),
+                                         "pseudo_dice_per_epoch_per_fold": fold_curves(w, "tayi_coarse")}}}},
         "comparisons": comparisons,
     }
     write_json(args.out, result)
