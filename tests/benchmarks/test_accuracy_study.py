@@ -26,6 +26,7 @@ def _study_module():
     spec = importlib.util.spec_from_file_location("accuracy_study", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["accuracy_study"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
