@@ -331,14 +331,15 @@ def trained_voxel_passes(workdir: Path, network: str) -> dict:
             "patch_size": patch, "voxel_passes": len(runs) * epochs * iterations * patch_voxel_passes(batch, patch)}
 
 
-def training_curve(workdir: Path, network: str) -> dict:
+def training_curve(workdir: Path, network: str, fold: int | str | None = None) -> dict:
     """nnU-Net's validation pseudo-Dice of a finished training, per epoch (mean over regions) and per region at the
-    last epoch, from ``checkpoint_final.pth``'s log (read with the package's safe loader); of the first fold when
-    there are several. With fold ``all`` it is measured on patches of the training cases: it shows whether a
+    last epoch, from ``checkpoint_final.pth``'s log (read with the package's safe loader); of ``fold``, by default
+    the network's first. With fold ``all`` it is measured on patches of the training cases: it shows whether a
     network learned, not how it generalises."""
     from kits_plugins.inference.checkpoints import load_checkpoint
 
-    log = load_checkpoint(fold_dir(workdir, network, NETWORKS[network].folds[0]) / "checkpoint_final.pth")["logging"]
+    fold = NETWORKS[network].folds[0] if fold is None else fold
+    log = load_checkpoint(fold_dir(workdir, network, fold) / "checkpoint_final.pth")["logging"]
     return {"pseudo_dice_per_epoch": [round(float(v), 4) for v in log["mean_fg_dice"]],
             "pseudo_dice_last_epoch": [round(float(v), 4) for v in log["dice_per_class_or_region"][-1]]}
 
@@ -417,10 +418,7 @@ def chain_step(workdir: Path, network: str, derive: Sequence[str], dataset: str,
 
 def fold_curves(workdir: Path, network: str) -> dict:
     """Every fold's validation pseudo-Dice per epoch (``training_curve`` of each fold)."""
-    from kits_plugins.inference.checkpoints import load_checkpoint
-
-    return {str(f): [round(float(v), 4) for v in load_checkpoint(fold_dir(workdir, network, f) / "checkpoint_final.pth")
-                     ["logging"]["mean_fg_dice"]] for f in NETWORKS[network].folds}
+    return {str(f): training_curve(workdir, network, f)["pseudo_dice_per_epoch"] for f in NETWORKS[network].folds}
 
 
 def predict(workdir: Path, system: str, phantoms: Path, out: Path) -> dict:
@@ -687,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spent = 0.0
             derive = {"tayi_fine": ("tayi_coarse", ["--stages", "222", "--from-predictions"], "222"),
                       "tayi_surface": ("tayi_fine", ["--masks-from"], "223")}
+            last = SYSTEM_NETWORKS["cascade_tayi"][-1]  # spends what the folds before it left
             for network in SYSTEM_NETWORKS["cascade_tayi"]:
                 if network in derive:
                     before, options, dataset = derive[network]
@@ -700,20 +699,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 def chain_budget(network: str = network, spent: float = spent) -> dict:
                     cost = iteration_cost(w, network)
                     per_iteration = cost["voxel_passes_per_iteration"]
-                    s = (last_budget(system_budget, spent, network, per_iteration) if network == "tayi_surface"
+                    s = (last_budget(system_budget, spent, network, per_iteration) if network == last
                          else fold_budget(system_budget, network, per_iteration))
                     return {**cost, "epochs": s.epochs, "iterations_per_epoch": s.iterations_per_epoch,
                             "voxel_passes": len(NETWORKS[network].folds) * s.iterations * per_iteration}
                 n = steps.run(f"budget_{network}", f"{network}: its share of {system_budget:.4g} voxel-passes, "
                               f"{len(NETWORKS[network].folds)} fold(s)", chain_budget)
                 spent += n["voxel_passes"]
-                if network == "tayi_surface" and abs(spent - system_budget) > 0.01 * system_budget:
+                if network == last and abs(spent - system_budget) > 0.01 * system_budget:
                     raise SystemExit(f"accuracy_study: whole iterations give cascade_tayi {spent:.4g} voxel-passes "
                                      f"against {system_budget:.4g}, more than 1% apart: raise --budget")
                 train_network(network, n)
 
     # a chain that could not go on is reported, not predicted
-    stopped = (steps.done("tayi_222") or {}).get("stopped") if chain else None
+    chain_stop = (steps.done("tayi_222") or {}) if chain else {}
+    stopped = chain_stop.get("stopped")
     if stopped:
         systems = [s for s in systems if s != "cascade_tayi"]
 
@@ -783,28 +783,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "systems": report,
         "not_trained": {} if not stopped else {"cascade_tayi": {
-            "reason": stopped, "cases_with_roi": (steps.done("tayi_222") or {})["cases_with_roi"],
+            "reason": stopped, "cases_with_roi": chain_stop["cases_with_roi"],
             "training_cases": len(split["train"]),
             "networks": {"tayi_coarse": {**trained_voxel_passes(w, "tayi_coarse"),
                                          "pseudo_dice_per_epoch_per_fold": fold_curves(w, "tayi_coarse")}}}},
         "comparisons": comparisons,
     }
     write_json(args.out, result)
-    print(table(result))
+    from study_tables import tables  # benchmarks/, beside this script
+
+    print(tables(result))
     print(f"wrote {args.out} and {fig_path}")
     return 0
-
-
-def table(result: dict) -> str:
-    lines = ["system               " + "  ".join(f"{m:>16}" for m in METRIC_COLUMNS)]
-    for s, v in result["systems"].items():
-        lines.append(f"{s:<20} " + "  ".join(f"{v['mean'][m]:>16.3f}" for m in METRIC_COLUMNS))
-    for c in result["comparisons"]:
-        if c["metric"] in ("Dice_kidney", "Dice_masses", "Dice_tumor"):
-            p = "n/a" if c["p_wilcoxon"] is None else f"{c['p_wilcoxon']:.3f}"
-            lines.append(f"{c['a']} - {c['b']} {c['metric']}: {c['mean_diff']:+.3f} "
-                         f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] p={p}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
