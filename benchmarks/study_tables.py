@@ -12,8 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-COLUMNS = ("Dice_kidney", "Dice_masses", "Dice_tumor", "SD_kidney", "SD_masses", "SD_tumor")
-HEADERS = ("Dice kidney", "Dice masses", "Dice tumor", "SD kidney", "SD masses", "SD tumor")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from kits_plugins.evaluation.metrics import METRIC_COLUMNS as COLUMNS  # noqa: E402
+
+HEADERS = tuple(m.replace("_", " ") for m in COLUMNS)
 
 
 def tables(result: dict) -> str:
