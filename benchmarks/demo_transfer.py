@@ -9,6 +9,10 @@ left in ``--demo`` predict them with the demo's own ``kits predict`` command (th
 same trainers, plans, folds, step size and TTA setting); ``kits evaluate`` scores them. The JSON holds the
 mean, the spread and the worst case of the six challenge metrics, per-case rows, and the goal of issue 17
 (kidney Dice >= 0.80 and masses Dice >= 0.45 on the 26 shared label maps).
+
+``--oracle-rois`` predicts the phantoms a second time with the ground-truth kidney+masses as stage 221's mask
+(``kits predict --coarse-masks``: the ROIs a perfect coarse stage would give; 222 and 223 unchanged) and reports that
+pass beside the cascade's, with paired differences: how much of the gap is the coarse stage's ROIs.
 """
 
 from __future__ import annotations
@@ -42,8 +46,46 @@ def run(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path
         raise SystemExit(f"demo_transfer: {shlex.join(argv[:4])} ... failed (exit {rc}); see {log}")
 
 
+def evaluate(kits: list[str], predictions: Path, phantoms: Path, csv: Path, log: Path) -> dict[str, dict[str, float]]:
+    """``kits evaluate`` of a prediction folder against the phantoms: {caseID: {metric: value}}."""
+    from kits_plugins.evaluation.metrics import METRIC_COLUMNS
+
+    run([*kits, "evaluate", str(predictions), str(phantoms), "-o", str(csv), "--quiet"], log)
+    rows = json.loads(csv.with_suffix(".json").read_text())["cases"]
+    return {r["caseID"]: {m: float(r[m]) for m in METRIC_COLUMNS} for r in rows}
+
+
+def summarize(per_case: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Per metric: mean, sample sd, median, minimum and the case with the minimum."""
+    from kits_plugins.evaluation.metrics import METRIC_COLUMNS
+
+    summary = {}
+    for m in METRIC_COLUMNS:
+        v = np.array([row[m] for row in per_case.values()])
+        worst = min(per_case, key=lambda c: per_case[c][m])
+        summary[m] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                      "median": float(np.median(v)), "min": float(v.min()), "worst_case": worst}
+    return summary
+
+
+def label_masks(phantoms: Path, out: Path) -> Path:
+    """``out`` holding each phantom's ground truth as ``case_XXXXX.nii.gz`` (links), the layout ``kits predict
+    --coarse-masks`` reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    for seg in sorted(phantoms.glob("case_*/segmentation.nii.gz")):
+        (out / f"{seg.parent.name}.nii.gz").symlink_to(seg.resolve())
+    return out
+
+
+def _with_output(args: list[str], out: Path) -> list[str]:
+    """``kits predict`` arguments with ``-o`` pointing at ``out``."""
+    i = args.index("-o")
+    return [*args[: i + 1], str(out), *args[i + 2 :]]
+
+
 def main(argv: list[str] | None = None) -> int:
     from kits_plugins.demo.pipeline import CONFIG_NAME
+    from kits_plugins.evaluation.comparison import compare_paired
     from kits_plugins.evaluation.metrics import METRIC_COLUMNS
     from kits_plugins.workflow import layout, steps
     from kits_plugins.workflow.config import load_yaml
@@ -54,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=Path("demo_transfer_work"))
     p.add_argument("--label-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="render the phantoms on this grid (kits synth --label-spacing) instead of each label's own")
+    p.add_argument("--oracle-rois", action="store_true",
+                   help="also predict with the ground-truth masks as stage 221's (kits predict --coarse-masks)")
     p.add_argument("--out", type=Path, required=True, help="JSON to write")
     args = p.parse_args(argv)
     config_file = args.demo.resolve() / CONFIG_NAME
@@ -90,17 +134,22 @@ def main(argv: list[str] | None = None) -> int:
     predictions = w / layout.prediction_part("0", 1)
 
     print("[demo_transfer 3/3] kits evaluate ...", flush=True)
-    csv = w / "evaluation.csv"
-    run([*kits, "evaluate", str(predictions), str(phantoms), "-o", str(csv), "--quiet"], log)
-    rows = json.loads(csv.with_suffix(".json").read_text())["cases"]
-    per_case = {r["caseID"]: {m: float(r[m]) for m in METRIC_COLUMNS} for r in rows}
-
-    summary = {}
-    for m in METRIC_COLUMNS:
-        v = np.array([row[m] for row in per_case.values()])
-        worst = min(per_case, key=lambda c: per_case[c][m])
-        summary[m] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                      "median": float(np.median(v)), "min": float(v.min()), "worst_case": worst}
+    per_case = evaluate(kits, predictions, phantoms, w / "evaluation.csv", log)
+    summary = summarize(per_case)
+    oracle = None
+    if args.oracle_rois:
+        print("[demo_transfer +] stage 221 replaced by the ground truth (--oracle-rois) ...", flush=True)
+        t2 = time.perf_counter()
+        oracle_out = w / "predictions_oracle_rois"
+        run([*_with_output(predict, oracle_out), "--coarse-masks",
+             str(label_masks(phantoms, w / "oracle_masks"))], log, env, cwd=w)
+        oracle_case = evaluate(kits, oracle_out, phantoms, w / "evaluation_oracle_rois.csv", log)
+        oracle = {"summary": summarize(oracle_case), "per_case": oracle_case, "predict_s": time.perf_counter() - t2,
+                  "oracle_minus_cascade": {}}
+        for m in ("Dice_kidney", "Dice_masses"):
+            r = compare_paired({c: v[m] for c, v in oracle_case.items()}, {c: v[m] for c, v in per_case.items()})
+            oracle["oracle_minus_cascade"][m] = {"n": r.n, "mean_diff": r.mean_diff, "ci95": list(r.ci95),
+                                                 "p_wilcoxon": r.p_wilcoxon}
     result = {
         "command": shlex.join(["python", "benchmarks/demo_transfer.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -112,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "goal": {m: {"target": g, "mean": summary[m]["mean"], "met": summary[m]["mean"] >= g} for m, g in GOAL.items()},
         "per_case": per_case,
     }
+    if oracle is not None:
+        result["oracle_rois"] = oracle
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -119,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     for m in METRIC_COLUMNS:
         s = summary[m]
         print(f"{m:<12} mean {s['mean']:.3f} (sd {s['sd']:.3f}), worst {s['min']:.3f} ({s['worst_case']})")
+    if oracle is not None:
+        for m, d in oracle["oracle_minus_cascade"].items():
+            s = oracle["summary"][m]
+            print(f"oracle ROIs: {m:<12} mean {s['mean']:.3f}, {d['mean_diff']:+.3f} [{d['ci95'][0]:+.3f}, "
+                  f"{d['ci95'][1]:+.3f}] over the cascade")
     print(f"wrote {args.out}")
     return 0
 

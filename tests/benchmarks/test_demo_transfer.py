@@ -32,3 +32,20 @@ def test_never_empties_a_folder_it_did_not_make(tmp_path):
     assert run.returncode != 0
     assert run.stderr.strip().count("\n") == 0 and "precious" in run.stderr and "not empty" in run.stderr
     assert (work / "keep.txt").read_text() == "mine"
+
+
+def test_oracle_masks_are_the_phantoms_labels_under_predicts_names(tmp_path):
+    """``--oracle-rois`` gives ``kits predict --coarse-masks`` each phantom's own ground truth, named by its case, and
+    the same predict command with only its output folder changed."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import demo_transfer
+
+    for case in ("case_00003", "case_00010"):
+        (tmp_path / "ph" / case).mkdir(parents=True)
+        (tmp_path / "ph" / case / "segmentation.nii.gz").write_bytes(case.encode())
+        (tmp_path / "ph" / case / "imaging.nii.gz").write_bytes(b"ct")
+    masks = demo_transfer.label_masks(tmp_path / "ph", tmp_path / "masks")
+    assert sorted(p.name for p in masks.iterdir()) == ["case_00003.nii.gz", "case_00010.nii.gz"]
+    assert (masks / "case_00010.nii.gz").read_bytes() == b"case_00010"
+    argv = ["py", "-m", "kits_plugins.cli", "predict", "-i", "in", "-o", "parts/p0", "-f", "all"]
+    assert demo_transfer._with_output(argv, tmp_path / "o") == [*argv[:7], str(tmp_path / "o"), "-f", "all"]

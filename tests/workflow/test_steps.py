@@ -21,6 +21,9 @@ def test_the_demos_commands(tmp_path):
                                                 "--seed", "10000", "--first-case", "12", *shape]
     assert steps.convert(c) == KITS + ["convert", str(w / "kits_train"), "--overwrite"]
     assert steps.derive_ground_truth(c) == KITS + ["derive-stages", "--overwrite", "--margin-mm", "15", "--seed", "0"]
+    wider = check_config({**load_yaml(shipped_config("demo")), "derive": {"margin_mm": 15, "seed": 0, "jitter_mm": 25}},
+                         tmp_path)
+    assert steps.derive_ground_truth(wider)[-2:] == ["--jitter-mm", "25"]  # only when set: derive-stages' default
     assert steps.plan(c, ("221", "222", "223")) == KITS + [
         "plan", "-d", "221", "222", "223", "--target-spacing", "4.0", "3.0", "3.0", "--coarse-spacing", "8.0", "8.0",
         "8.0", "--network-width", "0.25"]
