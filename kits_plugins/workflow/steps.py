@@ -57,7 +57,7 @@ def convert(config: Mapping) -> list[str]:
 def derive_ground_truth(config: Mapping) -> list[str]:
     argv = kits("derive-stages", "--overwrite", "--margin-mm", str(config["derive"]["margin_mm"]),
                 "--seed", str(config["derive"]["seed"]))
-    if config["derive"].get("jitter_mm") is not None:
+    if config["derive"]["jitter_mm"] is not None:  # null (the schema's default): derive-stages' own
         argv += ["--jitter-mm", str(config["derive"]["jitter_mm"])]
     stages = layout.ground_truth_stages(config)
     return argv if stages == layout.STAGES else argv + ["--stages", *stages]
