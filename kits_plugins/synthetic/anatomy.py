@@ -51,6 +51,7 @@ class KidneyInfo:
     half_width: float  # max lateral half extent
     hilum: np.ndarray  # where the renal vessels enter
     y_range: tuple[float, float] = (0.0, 0.0)  # posterior, anterior extent
+    x_range: tuple[float, float] | None = None  # right-left extent (label maps); None: center +- half_width
     sinus: list[Ellipsoid] = field(default_factory=list)  # procedural renal sinus (fat) ...
     pelvis: Ellipsoid | None = None  # ... and renal pelvis (urine), background label
 
@@ -262,6 +263,14 @@ def layout(
     )  # fmt: skip
 
 
+def crosses_midline(kidney: KidneyInfo, x_mid: float) -> bool:
+    """Whether a kidney (with its masses) reaches across the body's midline, where the spine would be. A kidney
+    beside the spine, even one whose tumour bulges to within a few mm of the midline, does not: the spine then
+    stays between the kidneys, as in the real scans."""
+    lo, hi = kidney.x_range or (kidney.center[2] - kidney.half_width, kidney.center[2] + kidney.half_width)
+    return lo < x_mid < hi
+
+
 def frame_from_kidneys(
     rng: np.random.Generator, kidneys: list[KidneyInfo], fov_mm: tuple[float, float, float]
 ) -> dict[str, float]:
@@ -275,8 +284,8 @@ def frame_from_kidneys(
         y_spine = float(np.mean([k.center[1] for k in kidneys]) + rng.uniform(0, 12))
         z_kidney = float(np.mean([k.center[0] for k in kidneys]))
         lateral = max(abs(k.center[2] - x_mid) + k.half_width for k in kidneys)
-        for k in kidneys:  # a midline (solitary, horseshoe, huge-tumour) kidney: spine goes behind it
-            if abs(k.center[2] - x_mid) < k.half_width + 25:
+        for k in kidneys:  # a kidney over the midline (horseshoe, a mass across it): the spine goes behind it
+            if crosses_midline(k, x_mid):
                 y_spine = min(y_spine, k.y_range[0] - 30.0)
     else:
         y_spine, z_kidney, lateral = cy - 40.0, cz, 120.0

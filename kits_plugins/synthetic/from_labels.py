@@ -38,7 +38,7 @@ def kidney_infos(label: np.ndarray, spacing: tuple[float, float, float]) -> list
         hi = np.array([s.stop - 1 for s in bb]) * step
         out.append(A.KidneyInfo(center=center, z_range=(float(lo[0]), float(hi[0])),
                                 half_width=float((hi[2] - lo[2]) / 2), hilum=center.copy(),
-                                y_range=(float(lo[1]), float(hi[1]))))  # fmt: skip
+                                y_range=(float(lo[1]), float(hi[1])), x_range=(float(lo[2]), float(hi[2]))))  # fmt: skip
     return out
 
 
