@@ -53,7 +53,7 @@ def add_derive_stages_arguments(parser: argparse.ArgumentParser) -> None:
         "0 with --from-predictions)",
     )
     parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the jitter and truncation (per case, order-independent; default 12345)")
+                        help="seed of the jitter, truncation and extension (per case, order-independent; default 12345)")
     parser.add_argument(
         "--min-volume-mm3", type=non_negative_float, default=None,
         help=f"kidney components below this volume get no ROI of their own (the largest always does; default "
@@ -67,6 +67,15 @@ def add_derive_stages_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--truncate-max-mm", type=non_negative_float, default=None, metavar="MM",
         help="how far a truncated ROI cuts into the kidney at most (uniform in whole voxels, default 15)",
+    )
+    parser.add_argument(
+        "--extend-share", type=share, default=None, metavar="P",
+        help="share of the whole ROIs grown on one face past the margin, as when a coarse model merges a neighbouring "
+        "organ into the kidney's component (default 0)",
+    )
+    parser.add_argument(
+        "--extend-max-mm", type=non_negative_float, default=None, metavar="MM",
+        help="how far an extended ROI reaches past its margin at most (uniform in whole voxels, default 60)",
     )
     parser.add_argument(
         "--from-predictions", default=None, metavar="DIR",
@@ -109,6 +118,8 @@ def run_derive_stages(args: argparse.Namespace) -> int:
         truncate_max_mm=args.truncate_max_mm,
         drop_false_positives=args.drop_false_positives,
         masks_from=args.masks_from,
+        extend_share=args.extend_share,
+        extend_max_mm=args.extend_max_mm,
     )
     for path in written.values():
         print(f"wrote {path}")

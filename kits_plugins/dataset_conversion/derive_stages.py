@@ -100,6 +100,18 @@ TRUNCATION_DISTRIBUTION = (
     "extent minus one voxel (no truncation where that leaves no choice); the rest of the box is kept"
 )
 TRUNCATION_STREAM = 1  # case_rng stream of the truncation draws: the jitter (stream 0) stays as without truncation
+# Ground-truth ROIs: by default none extended. With a share > 0, that share of the whole crops reaches up to
+# extend_max_mm further on one face, as a coarse model's box does when it merges a neighbouring organ into the
+# kidney's component; the kidney then lies off-centre in a crop larger than the patch, beside organs labelled
+# background.
+DEFAULT_EXTEND_SHARE = 0.0
+DEFAULT_EXTEND_MAX_MM = 60.0
+EXTENSION_DISTRIBUTION = (
+    "per whole (not truncated) ROI with probability extend_share: one of its 6 faces (uniform) moved k voxels "
+    "outwards, k uniform in 1..ceil(extend_max_mm / spacing of that axis), clamped to the image (no extension where "
+    "the face lies on the image border); the rest of the box is kept"
+)
+EXTENSION_STREAM = 2  # case_rng stream of the extension draws: jitter and truncation stay as without extension
 MASK_BINARISATION = "kits_plugins.utilities.labels.kidney_mask: any label > 0 (as kits predict binarises stage 222)"
 
 # ---------------------------------------------------------------- pure array functions
@@ -107,7 +119,8 @@ MASK_BINARISATION = "kits_plugins.utilities.labels.kidney_mask: any label > 0 (a
 
 def case_rng(seed: int, case: str, stream: int = 0) -> np.random.Generator:
     """Random generator of one case: the same draws whatever the order or number of workers. ``stream`` separates
-    independent draws (0 the jitter, :data:`TRUNCATION_STREAM` the truncation), so one does not shift the other."""
+    independent draws (0 the jitter, :data:`TRUNCATION_STREAM` the truncation, :data:`EXTENSION_STREAM` the
+    extension), so one does not shift the other."""
     return np.random.default_rng([int(seed), zlib.crc32(case.encode())] + ([int(stream)] if stream else []))
 
 
@@ -143,8 +156,9 @@ def case_rois(
 
 @dataclass(frozen=True)
 class SampledRoi:
-    """One training crop: its box, the box before truncation and before jitter, and its crops.json fields
-    (``sampling``: full | truncated | false_positive; for truncated crops the face, depth and lost voxels)."""
+    """One training crop: its box, the box before truncation or extension and before jitter, and its crops.json
+    fields (``sampling``: full | truncated | extended | false_positive; for truncated and extended crops the face and
+    depth, for truncated ones the lost voxels)."""
 
     box: roi.Box
     full_box: roi.Box
@@ -166,6 +180,18 @@ def truncation_depth(box: roi.Box, extent: roi.Box, face: roi.Face, draw: float,
     return gap + k, k
 
 
+def extension_depth(box: roi.Box, face: roi.Face, draw: float, spacing_np: Sequence[float], max_mm: float,
+                    shape: Sequence[int]) -> int | None:
+    """Voxels to move ``face`` of ``box`` outwards: ``1 + floor(draw * k_max)`` with ``draw`` in [0, 1) and ``k_max``
+    the whole voxels covering ``max_mm``, clamped to the image of ``shape``; None when nothing can be added."""
+    axis, side = face
+    room = int(box[axis][0]) if side == 0 else int(shape[axis]) - int(box[axis][1])
+    k_max = roi.mm_to_voxels(max_mm, [spacing_np[axis]])[0]
+    if k_max < 1 or room < 1:
+        return None
+    return min(1 + int(draw * k_max), room)
+
+
 def sample_rois(
     rois: Sequence[tuple[roi.Box, roi.Box]],
     gt_mask: np.ndarray,
@@ -174,17 +200,28 @@ def sample_rois(
     truncate_max_mm: float,
     rng: np.random.Generator,
     from_prediction: bool,
+    extend_share: float = 0.0,
+    extend_max_mm: float = DEFAULT_EXTEND_MAX_MM,
+    extend_rng: np.random.Generator | None = None,
 ) -> list[SampledRoi]:
     """Training crops of one case from its ROIs (box, box before jitter), as the coarse stage errs at inference.
 
     A ROI holding no ground-truth kidney+masses voxel (only possible for ROIs from predictions) is a coarse false
     positive: ``false_positive``, with an all-zero label. Any other is ``truncated`` with probability
-    ``truncate_share`` (:data:`TRUNCATION_DISTRIBUTION`, :func:`truncation_depth`), else ``full``. Three numbers
-    are drawn per ROI whatever happens, so a ROI's draws depend on neither the others nor the share.
+    ``truncate_share`` (:data:`TRUNCATION_DISTRIBUTION`, :func:`truncation_depth`); one that stays whole is
+    ``extended`` with probability ``extend_share`` (:data:`EXTENSION_DISTRIBUTION`, :func:`extension_depth`, draws
+    from ``extend_rng``), else ``full``. Three numbers are drawn per ROI from each generator whatever happens, so a
+    ROI's draws depend on neither the others nor the shares.
     """
+    if extend_share > 0 and extend_rng is None:
+        raise ValueError("extension needs its own random generator")
     out = []
     for box, base in rois:
         u, face_index, draw = float(rng.random()), int(rng.integers(6)), float(rng.random())
+        if extend_rng is not None:
+            eu, e_face_index, e_draw = float(extend_rng.random()), int(extend_rng.integers(6)), float(extend_rng.random())
+        else:
+            eu, e_face_index, e_draw = 1.0, 0, 0.0
         part = roi.crop(gt_mask, box)
         extent = roi.outer_box(part)
         if extent is None:
@@ -193,7 +230,19 @@ def sample_rois(
         face = (face_index // 2, face_index % 2)
         depth = truncation_depth(box, extent, face, draw, spacing_np, truncate_max_mm) if u < truncate_share else None
         if depth is None:
-            out.append(SampledRoi(box, box, base, {"sampling": "full"}))
+            e_face = (e_face_index // 2, e_face_index % 2)
+            grow = (extension_depth(box, e_face, e_draw, spacing_np, extend_max_mm, gt_mask.shape)
+                    if eu < extend_share else None)
+            if grow is None:
+                out.append(SampledRoi(box, box, base, {"sampling": "full"}))
+                continue
+            grown = roi.extend_box(box, e_face, grow)
+            out.append(SampledRoi(grown, box, base, {
+                "sampling": "extended",
+                "extended_side": [e_face[0], "start" if e_face[1] == 0 else "stop"],
+                "extended_mm": float(grow * float(spacing_np[e_face[0]])),
+                "box_before_extension": [list(ax) for ax in box],
+            }))
             continue
         cut = roi.truncate_box(box, face, depth[0])
         lost = int(np.count_nonzero(part)) - int(np.count_nonzero(roi.crop(gt_mask, cut)))
@@ -227,6 +276,8 @@ class Settings:
     truncate_share: float = DEFAULT_TRUNCATE_SHARE
     truncate_max_mm: float = DEFAULT_TRUNCATE_MAX_MM
     drop_false_positives: bool = False
+    extend_share: float = DEFAULT_EXTEND_SHARE
+    extend_max_mm: float = DEFAULT_EXTEND_MAX_MM
 
 
 @dataclass(frozen=True)
@@ -281,7 +332,9 @@ def derive_case(job: CaseJob) -> CaseResult:
     spacing = geometry.spacing_np
     rois = case_rois(roi_mask, spacing, s.margin_mm, s.min_volume_mm3, jitter, case_rng(s.seed, job.case))
     sampled = sample_rois(rois, gt_mask, spacing, s.truncate_share, s.truncate_max_mm,
-                          case_rng(s.seed, job.case, TRUNCATION_STREAM), from_prediction=job.prediction is not None)
+                          case_rng(s.seed, job.case, TRUNCATION_STREAM), from_prediction=job.prediction is not None,
+                          extend_share=s.extend_share, extend_max_mm=s.extend_max_mm,
+                          extend_rng=case_rng(s.seed, job.case, EXTENSION_STREAM))
     if s.drop_false_positives:
         sampled = [r for r in sampled if r.fields["sampling"] != "false_positive"]
     if not sampled:
@@ -367,6 +420,8 @@ def derive_stages(
     truncate_max_mm: float | None = None,
     drop_false_positives: bool = False,
     masks_from: str | os.PathLike | None = None,
+    extend_share: float | None = None,
+    extend_max_mm: float | None = None,
 ) -> dict[int, Path]:
     """Build the requested stage datasets (default: 221, 222, 223; with predictions 222 and 223).
 
@@ -376,7 +431,8 @@ def derive_stages(
     """
     if masks_from is not None:
         _refuse_box_options_with_masks_from(margin_mm, jitter_mm, seed, min_volume_mm3, from_predictions,
-                                            truncate_share, truncate_max_mm, drop_false_positives, stages)
+                                            truncate_share, truncate_max_mm, drop_false_positives, stages,
+                                            extend_share, extend_max_mm)
         root = raw_root(raw)
         target = derive_mask_channel(root, find_dataset(root, dataset_id), masks_from, overwrite, num_processes)
         return {MASSES_DATASET_ID: target}
@@ -386,7 +442,7 @@ def derive_stages(
     if not stages or any(s not in ALL_STAGES for s in stages):
         raise KitsInputError(f"stages must be among {ALL_STAGES}, got {stages}")
     settings = resolve_settings(from_predictions is not None, stages, margin_mm, jitter_mm, seed, min_volume_mm3,
-                                truncate_share, truncate_max_mm, drop_false_positives)
+                                truncate_share, truncate_max_mm, drop_false_positives, extend_share, extend_max_mm)
     root = raw_root(raw)
     source = find_dataset(root, dataset_id)
     cases = _list_source_cases(source)
@@ -438,10 +494,13 @@ def resolve_settings(
     truncate_share: float | None = None,
     truncate_max_mm: float | None = None,
     drop_false_positives: bool = False,
+    extend_share: float | None = None,
+    extend_max_mm: float | None = None,
 ) -> Settings:
     """The run's settings, unset ones at their defaults: margin 15 mm, seed 12345, minimum ROI volume 2000 mm3,
     truncation up to 15 mm; jitter 10 mm and truncate share 0.15 for ground-truth ROIs, both 0 for ROIs from
-    predictions (the coarse model's own errors are then the variation to train on). Bad values are one error."""
+    predictions (the coarse model's own errors are then the variation to train on); extend share 0, up to 60 mm.
+    Bad values are one error."""
     settings = Settings(
         margin_mm=DEFAULT_MARGIN_MM if margin_mm is None else float(margin_mm),
         jitter_mm=(0.0 if from_predictions else DEFAULT_JITTER_MM) if jitter_mm is None else float(jitter_mm),
@@ -452,11 +511,16 @@ def resolve_settings(
         else float(truncate_share),
         truncate_max_mm=DEFAULT_TRUNCATE_MAX_MM if truncate_max_mm is None else float(truncate_max_mm),
         drop_false_positives=bool(drop_false_positives),
+        extend_share=DEFAULT_EXTEND_SHARE if extend_share is None else float(extend_share),
+        extend_max_mm=DEFAULT_EXTEND_MAX_MM if extend_max_mm is None else float(extend_max_mm),
     )
-    if min(settings.margin_mm, settings.jitter_mm, settings.min_volume_mm3, settings.truncate_max_mm) < 0:
-        raise KitsInputError("--margin-mm, --jitter-mm, --min-volume-mm3 and --truncate-max-mm must not be negative")
-    if not 0.0 <= settings.truncate_share <= 1.0:
-        raise KitsInputError(f"--truncate-share must lie in [0, 1], got {settings.truncate_share}")
+    if min(settings.margin_mm, settings.jitter_mm, settings.min_volume_mm3, settings.truncate_max_mm,
+           settings.extend_max_mm) < 0:
+        raise KitsInputError("--margin-mm, --jitter-mm, --min-volume-mm3, --truncate-max-mm and --extend-max-mm "
+                             "must not be negative")
+    for name, value in (("--truncate-share", settings.truncate_share), ("--extend-share", settings.extend_share)):
+        if not 0.0 <= value <= 1.0:
+            raise KitsInputError(f"{name} must lie in [0, 1], got {value}")
     if settings.drop_false_positives and not from_predictions:
         raise KitsInputError("--drop-false-positives needs --from-predictions (ground-truth ROIs have no false positives)")
     return settings
@@ -465,13 +529,15 @@ def resolve_settings(
 def _refuse_box_options_with_masks_from(
     margin_mm: float | None, jitter_mm: float | None, seed: int | None, min_volume_mm3: float | None,
     from_predictions: str | os.PathLike | None, truncate_share: float | None, truncate_max_mm: float | None,
-    drop_false_positives: bool, stages: Sequence[int] | None,
+    drop_false_positives: bool, stages: Sequence[int] | None, extend_share: float | None = None,
+    extend_max_mm: float | None = None,
 ) -> None:
     """``--masks-from`` reuses 222's boxes: an option that would shape other boxes is an error, not ignored."""
     options = {
         "--margin-mm": margin_mm, "--jitter-mm": jitter_mm, "--seed": seed, "--min-volume-mm3": min_volume_mm3,
         "--from-predictions": from_predictions, "--truncate-share": truncate_share,
         "--truncate-max-mm": truncate_max_mm, "--drop-false-positives": drop_false_positives or None,
+        "--extend-share": extend_share, "--extend-max-mm": extend_max_mm,
     }
     given = [name for name, value in options.items() if value is not None]
     if given:
@@ -482,7 +548,8 @@ def _refuse_box_options_with_masks_from(
 
 
 def _report(results: Sequence[CaseResult], settings: Settings) -> None:
-    """Per-case warnings, and one note each for the crops truncated or kept as false positives on purpose."""
+    """Per-case warnings, and one note each for the crops truncated, extended or kept as false positives on
+    purpose."""
     for r in results:
         for w in r.warnings:
             tqdm.write(f"warning: {w}")
@@ -493,6 +560,9 @@ def _report(results: Sequence[CaseResult], settings: Settings) -> None:
                    f"up to {settings.truncate_max_mm:g} mm into the kidney), leaving "
                    f"{sum(r.truncated for r in results)} ground-truth kidney/mass voxels outside their crops "
                    f"(crops.json: truncated_foreground_voxels)")
+    if counts["extended"]:
+        tqdm.write(f"note: {counts['extended']} of {total} ROIs extended on purpose on one face (share "
+                   f"{settings.extend_share:g}, up to {settings.extend_max_mm:g} mm past the margin)")
     if counts["false_positive"]:
         tqdm.write(f"note: {counts['false_positive']} of {total} ROIs are coarse false positives (no ground-truth "
                    "kidney inside), kept with all-zero labels")
@@ -648,6 +718,9 @@ def _write_metadata(source, cases, results, out, settings: Settings, from_predic
         "truncate_share": settings.truncate_share,
         "truncate_max_mm": settings.truncate_max_mm,
         "truncation_distribution": TRUNCATION_DISTRIBUTION,
+        "extend_share": settings.extend_share,
+        "extend_max_mm": settings.extend_max_mm,
+        "extension_distribution": EXTENSION_DISTRIBUTION,
         "false_positive_rois": false_positives,
         "sampling_counts": dict(sorted(Counter(r.extra.get("sampling", "full") for r in records).items())),
         "box_order": "half-open [[start, stop], ...] in file numpy order (SimpleITK GetArrayFromImage order)",

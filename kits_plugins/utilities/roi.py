@@ -217,6 +217,21 @@ def grow_faces(box: Box, faces: Sequence[Face], margin_mm: float, spacing: Seque
     return out
 
 
+def extend_box(box: Box, face: Face, depth: int) -> Box:
+    """``box`` with one face (``(axis, side)``, see :data:`Face`) moved outward by ``depth`` voxels, the other five
+    kept: a training crop that, like a ROI from a coarse over-segmentation of a neighbouring organ, reaches far past
+    the kidney on one side. The caller keeps it inside the image."""
+    axis, side = face
+    if side not in (0, 1) or depth < 1:
+        raise ValueError(f"cannot extend face {face} of {box} by {depth} voxels (at least 1)")
+    out = [[int(lo), int(hi)] for lo, hi in box]
+    if side == 0:
+        out[axis][0] -= int(depth)
+    else:
+        out[axis][1] += int(depth)
+    return out
+
+
 def truncate_box(box: Box, face: Face, depth: int) -> Box:
     """``box`` with one face (``(axis, side)``, see :data:`Face`) moved inward by ``depth`` voxels, the other five
     kept: a training crop that, like a ROI from a coarse under-segmentation, cuts through the kidney. At least one

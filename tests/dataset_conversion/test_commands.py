@@ -21,6 +21,8 @@ def _run(argv, capsys) -> tuple[int, str]:
 def test_truncate_share_is_a_share(value, message, capsys):
     rc, err = _run(["derive-stages", "--truncate-share", value], capsys)
     assert rc == 2 and f"argument --truncate-share: {message}" in err
+    rc, err = _run(["derive-stages", "--extend-share", value], capsys)
+    assert rc == 2 and f"argument --extend-share: {message}" in err
 
 
 def test_masks_from_refuses_only_the_box_options_given(tmp_path, capsys):
@@ -28,5 +30,7 @@ def test_masks_from_refuses_only_the_box_options_given(tmp_path, capsys):
     rc, err = _run(["derive-stages", "--masks-from", str(tmp_path), "--seed", "12345", "--margin-mm", "15"], capsys)
     assert rc == 2 and "Traceback" not in err
     assert err.strip().endswith("were fixed when 222 was derived: drop --margin-mm, --seed")
+    rc, err = _run(["derive-stages", "--masks-from", str(tmp_path), "--extend-share", "0.5"], capsys)
+    assert rc == 2 and err.strip().endswith("drop --extend-share")
     rc, err = _run(["derive-stages", "--masks-from", str(tmp_path), "--raw", str(tmp_path)], capsys)
     assert rc == 2 and "no Dataset220_* folder" in err  # past the option check: no box option was given

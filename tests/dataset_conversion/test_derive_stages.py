@@ -6,6 +6,7 @@ and false-positive training crops)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,10 +20,12 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from kits_plugins.dataset_conversion.convert_kits23 import convert_kits23
 from kits_plugins.dataset_conversion.derive_stages import (
     DEFAULT_TRUNCATE_SHARE,
+    EXTENSION_STREAM,
     TRUNCATION_STREAM,
     case_rng,
     case_rois,
     derive_stages,
+    extension_depth,
     resolve_settings,
     sample_rois,
     uncovered_voxels,
@@ -381,6 +384,12 @@ def test_settings_default_to_truncation_for_ground_truth_rois_only():
         resolve_settings(False, truncate_max_mm=-1.0)
     with pytest.raises(KitsInputError, match="needs --from-predictions"):
         resolve_settings(False, drop_false_positives=True)
+    assert (resolve_settings(False).extend_share, resolve_settings(False).extend_max_mm) == (0.0, 60.0)
+    assert resolve_settings(True, extend_share=0.4, extend_max_mm=30).extend_share == 0.4
+    with pytest.raises(KitsInputError, match="--extend-share must lie in"):
+        resolve_settings(False, extend_share=-0.1)
+    with pytest.raises(KitsInputError, match="must not be negative"):
+        resolve_settings(False, extend_max_mm=-1.0)
 
 
 def test_truncated_rois_cut_one_face_into_the_kidney_at_the_requested_share(kidneys_with_tumors):
@@ -419,6 +428,56 @@ def test_truncated_rois_cut_one_face_into_the_kidney_at_the_requested_share(kidn
     assert again == sample_rois(rois, mask, spacing, 0.2, 6.0, case_rng(5, "case_00003", TRUNCATION_STREAM), False)
     whole = sample_rois(rois, mask, spacing, 0.0, 6.0, case_rng(5, "case_00003", TRUNCATION_STREAM), False)
     assert [s.box for s in whole] == [b for b, _ in rois] and {s.fields["sampling"] for s in whole} == {"full"}
+
+
+def test_extended_rois_reach_past_the_margin_on_one_face_and_keep_the_other_draws(kidneys_with_tumors):
+    shape = (60, 40, 24)
+    spacing = (2.0, 1.0, 0.5)
+    mask = kidneys_with_tumors(shape, [(16, 20, 12), (46, 20, 12)], radii=(6, 7, 8)) > 0
+    rois = case_rois(mask, spacing, 4.0, 10.0)
+    n = extended = 0
+    faces, depths = set(), set()
+    for i in range(200):
+        case = f"case_{i:05d}"
+        plain = sample_rois(rois, mask, spacing, 0.2, 6.0, case_rng(5, case, TRUNCATION_STREAM), False)
+        sampled = sample_rois(rois, mask, spacing, 0.2, 6.0, case_rng(5, case, TRUNCATION_STREAM), False,
+                              extend_share=0.5, extend_max_mm=10.0, extend_rng=case_rng(5, case, EXTENSION_STREAM))
+        for (box, base), p, s in zip(rois, plain, sampled):
+            n += 1
+            assert s.full_box == box and s.box_before_jitter == base
+            if p.fields["sampling"] == "truncated":  # truncation draws as without extension; never both
+                assert s == p
+                continue
+            if s.fields["sampling"] == "full":
+                assert s == p
+                continue
+            extended += 1
+            assert s.fields["sampling"] == "extended" and s.fields["box_before_extension"] == box
+            changed = [(ax, side) for ax in range(3) for side in range(2) if s.box[ax][side] != box[ax][side]]
+            assert len(changed) == 1
+            (axis, side), = changed
+            k = box[axis][0] - s.box[axis][0] if side == 0 else s.box[axis][1] - box[axis][1]
+            assert k >= 1 and s.fields["extended_side"] == [axis, ("start", "stop")[side]]
+            assert s.fields["extended_mm"] == k * spacing[axis] and k <= math.ceil(10.0 / spacing[axis])
+            assert all(0 <= a < b <= m for (a, b), m in zip(s.box, shape))  # clamped to the image
+            assert np.count_nonzero(roi.crop(mask, s.box)) >= np.count_nonzero(roi.crop(mask, box))
+            faces.add((axis, side))
+            depths.add(s.fields["extended_mm"])
+    # whole ROIs (about 80%) extended with probability 0.5, less the faces already on the image border
+    assert n == 400 and 0.25 < extended / n < 0.42
+    assert len(faces) >= 4 and len(depths) > 5
+    with pytest.raises(ValueError, match="own random generator"):
+        sample_rois(rois, mask, spacing, 0.0, 6.0, case_rng(5, "c", TRUNCATION_STREAM), False, extend_share=0.5)
+
+
+def test_extension_depth_is_clamped_to_the_image():
+    box = [[2, 10], [0, 5], [3, 4]]
+    shape = (12, 5, 40)
+    assert extension_depth(box, (0, 0), 0.999, (1.0, 1.0, 1.0), 30.0, shape) == 2  # only 2 voxels before the box
+    assert extension_depth(box, (1, 0), 0.5, (1.0, 1.0, 1.0), 30.0, shape) is None  # on the image border
+    assert extension_depth(box, (2, 1), 0.0, (1.0, 1.0, 2.0), 30.0, shape) == 1
+    assert extension_depth(box, (2, 1), 0.999, (1.0, 1.0, 2.0), 30.0, shape) == 15  # 30 mm of 2 mm columns
+    assert extension_depth(box, (2, 1), 0.5, (1.0, 1.0, 2.0), 0.0, shape) is None
 
 
 def test_false_positive_rois_of_a_prediction_are_kept_whole(kidneys_with_tumors):
@@ -505,3 +564,28 @@ def test_truncation_is_seeded_per_case_and_leaves_the_jitter_alone(derived, tmp_
     assert {cid: r.extra.get("box_before_truncation", r.box) for cid, r in a.items()} == {
         cid: r.box for cid, r in whole.items()}
     assert "warning" not in capsys.readouterr().out
+
+
+def test_extended_crops_are_written_with_their_box_and_counted(derived, tmp_path, link_raw, capsys):
+    kits, raw, written = derived
+    raw8 = link_raw(tmp_path / "raw8", raw, "Dataset220_KiTS2023")
+    capsys.readouterr()
+    w = derive_stages(raw=raw8, margin_mm=MARGIN, jitter_mm=3.0, seed=7, min_volume_mm3=MIN_VOL, truncate_share=0.0,
+                      extend_share=1.0, extend_max_mm=6.0, stages=[222, 223])
+    records = load_crops_json(w[222])
+    whole = load_crops_json(written[222])  # same seed and jitter, nothing extended
+    grown = [cid for cid, r in records.items() if r.extra["sampling"] == "extended"]
+    assert grown and set(records) == set(whole)
+    for cid, r in records.items():
+        before = r.extra.get("box_before_extension", r.box)
+        assert before == whole[cid].box and r.extra["box_before_jitter"] == whole[cid].extra["box_before_jitter"]
+        image = read_image(w[222] / "imagesTr" / f"{cid}_0000.nii.gz")[0]
+        assert image.shape == roi.box_shape(r.box)
+        ct = read_image(raw / "Dataset220_KiTS2023" / "imagesTr" / f"{r.case}_0000.nii.gz")[0]
+        assert np.array_equal(image, roi.crop(ct, r.box))  # the crop is the CT inside the recorded box
+    doc = json.loads((w[223] / "crops.json").read_text())
+    assert (doc["extend_share"], doc["extend_max_mm"]) == (1.0, 6.0)
+    assert doc["sampling_counts"].get("extended") == len(grown)
+    assert f"{len(grown)} of {len(records)} ROIs extended on purpose" in capsys.readouterr().out
+    with pytest.raises(KitsInputError, match="--extend-share"):
+        derive_stages(raw=raw8, masks_from=tmp_path, extend_share=0.5)

@@ -61,6 +61,16 @@ def test_inner_faces_touched_ignores_the_image_border_and_grow_faces_clamps():
     assert grow_faces(box, [(0, 1)], 0.0, (3.0, 1.0, 1.0), shape) == [[0, 11], [5, 15], [5, 20]]  # at least one
 
 
+def test_extend_box_moves_one_face_outward():
+    box = [[2, 10], [0, 5], [3, 4]]
+    assert roi.extend_box(box, (0, 0), 2) == [[0, 10], [0, 5], [3, 4]]
+    assert roi.extend_box(box, (2, 1), 7) == [[2, 10], [0, 5], [3, 11]]
+    assert box == [[2, 10], [0, 5], [3, 4]]  # a new box
+    for face, depth in (((0, 0), 0), ((1, 2), 1)):
+        with pytest.raises(ValueError):
+            roi.extend_box(box, face, depth)  # no growth, or no such face
+
+
 def test_truncate_box_moves_one_face_inward():
     box = [[2, 10], [0, 5], [3, 4]]
     assert roi.truncate_box(box, (0, 0), 3) == [[5, 10], [0, 5], [3, 4]]
