@@ -57,16 +57,26 @@ def convert(config: Mapping) -> list[str]:
 def derive_ground_truth(config: Mapping) -> list[str]:
     argv = kits("derive-stages", "--overwrite", "--margin-mm", str(config["derive"]["margin_mm"]),
                 "--seed", str(config["derive"]["seed"]))
-    if config["derive"]["jitter_mm"] is not None:  # null (the schema's default): derive-stages' own
-        argv += ["--jitter-mm", str(config["derive"]["jitter_mm"])]
+    argv += _derive_options(config["derive"], ("jitter_mm", "extend_share", "extend_max_mm"))
     stages = layout.ground_truth_stages(config)
     return argv if stages == layout.STAGES else argv + ["--stages", *stages]
 
 
+def _derive_options(derive: Mapping, keys: tuple[str, ...]) -> list[str]:
+    """``--key-name value`` of each set key; null (the schema's default) leaves derive-stages' own default."""
+    argv: list[str] = []
+    for key in keys:
+        if derive.get(key) is not None:
+            argv += ["--" + key.replace("_", "-"), str(derive[key])]
+    return argv
+
+
 def derive_from_predictions(config: Mapping) -> list[str]:
-    """222's ROIs from 221's cross-validation predictions (223 is rebuilt from 222's afterwards)."""
+    """222's ROIs from 221's cross-validation predictions (223 is rebuilt from 222's afterwards); the extension,
+    when set, applies to them too."""
     return kits("derive-stages", "--overwrite", "--from-predictions", layout.crossval_dir("221"), "--stages", "222",
-                "--margin-mm", str(config["derive"]["margin_mm"]))
+                "--margin-mm", str(config["derive"]["margin_mm"]),
+                *_derive_options(config["derive"], ("extend_share", "extend_max_mm")))
 
 
 def derive_masks(config: Mapping) -> list[str]:

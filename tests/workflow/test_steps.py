@@ -24,6 +24,11 @@ def test_the_demos_commands(tmp_path):
     wider = check_config({**load_yaml(shipped_config("demo")), "derive": {"margin_mm": 15, "seed": 0, "jitter_mm": 25}},
                          tmp_path)
     assert steps.derive_ground_truth(wider)[-2:] == ["--jitter-mm", "25"]  # only when set: derive-stages' default
+    grown = check_config({**load_yaml(shipped_config("demo")),
+                          "derive": {"margin_mm": 15, "seed": 0, "extend_share": 0.5, "extend_max_mm": 40}}, tmp_path)
+    assert steps.derive_ground_truth(grown)[-4:] == ["--extend-share", "0.5", "--extend-max-mm", "40"]
+    assert steps.derive_from_predictions(grown)[-4:] == ["--extend-share", "0.5", "--extend-max-mm", "40"]
+    assert "--extend-share" not in steps.derive_from_predictions(c)
     assert steps.plan(c, ("221", "222", "223")) == KITS + [
         "plan", "-d", "221", "222", "223", "--target-spacing", "4.0", "3.0", "3.0", "--coarse-spacing", "8.0", "8.0",
         "8.0", "--network-width", "0.25"]
