@@ -13,6 +13,12 @@ mean, the spread and the worst case of the six challenge metrics, per-case rows,
 ``--oracle-rois`` predicts the phantoms a second time with the ground-truth kidney+masses as stage 221's mask
 (``kits predict --coarse-masks``: the ROIs a perfect coarse stage would give; 222 and 223 unchanged) and reports that
 pass beside the cascade's, with paired differences: how much of the gap is the coarse stage's ROIs.
+
+``--fine-variant "OPTIONS"`` compares two ways of deriving stage 222's training crops in one run: it copies the demo
+twice, re-derives Dataset222 from the demo's ground truth with the demo's own ``kits derive-stages`` options (control)
+and with ``OPTIONS`` added (variant, e.g. ``"--extend-share 0.5"``), plans and retrains 222 with the demo's plan and
+schedule in each copy (221 and 223 stay the demo's), predicts the same phantoms with both and reports the paired
+difference. Both arms are retrained, so each carries the same training noise.
 """
 
 from __future__ import annotations
@@ -83,6 +89,51 @@ def _with_output(args: list[str], out: Path) -> list[str]:
     return [*args[: i + 1], str(out), *args[i + 2 :]]
 
 
+def fine_variant_commands(config: dict, extra: list[str], phantoms: Path, out: Path, processes: int
+                          ) -> list[tuple[list[str], dict[str, str]]]:
+    """(argv, extra environment) of one arm of ``--fine-variant`` in a copy of the demo whose ``workdir`` is in
+    ``config``: re-derive 222 (the demo's derive options, then ``extra``), plan 222 and retrain it as the demo
+    does, predict the phantoms into ``out`` with the demo's predict step. 221 and 223 stay as trained."""
+    from kits_plugins.workflow import layout, steps
+
+    if layout.ground_truth_stages(config) != layout.STAGES:
+        raise SystemExit("demo_transfer: --fine-variant needs a demo trained on ground-truth ROIs "
+                         "(train_as_you_infer: false)")
+    predict = steps.predict({**config, "test_dir": str(phantoms), "num_parts": 1}, "0")
+    return [
+        ([*steps.derive_ground_truth(config), "--stages", "222", *extra, "-np", str(processes)], {}),
+        ([*steps.plan(config, ("222",)), "-np", str(processes)], {}),
+        (steps.train(config, "222", "all"), steps.train_environment(config, "222")),
+        (_with_output(predict, out), {}),
+    ]
+
+
+def fine_variant_arm(name: str, demo: Path, w: Path, config: dict, extra: list[str], phantoms: Path, kits: list[str],
+                     log: Path) -> dict:
+    """One arm of ``--fine-variant`` in ``w/fine_variant/name``: a copy of the demo, 222 retrained, the phantoms
+    predicted and scored."""
+    from kits_plugins.demo.pipeline import write_demo_config
+    from kits_plugins.workflow import layout
+
+    arm = w / "fine_variant" / name
+    copy = arm / "kits_demo"
+    shutil.copytree(demo, copy, ignore=shutil.ignore_patterns("prediction_parts", "predictions", "figures"))
+    arm_config = {**config, "workdir": str(copy)}
+    write_demo_config(arm_config, copy)  # the arm's record; its commands are built from arm_config
+    shutil.rmtree(copy / layout.RESULTS / "Dataset222_KiTS2023Kidney", ignore_errors=True)
+    env = layout.job_environment(arm_config, os.environ)
+    t0 = time.perf_counter()
+    seconds = []
+    for argv, extra_env in fine_variant_commands(arm_config, extra, phantoms, arm / "predictions",
+                                                 min(2, os.cpu_count() or 1)):
+        t = time.perf_counter()
+        run(argv, log, {**env, **extra_env}, cwd=copy)
+        seconds.append(time.perf_counter() - t)
+    per_case = evaluate(kits, arm / "predictions", phantoms, arm / "evaluation.csv", log)
+    return {"derive_options": extra, "summary": summarize(per_case), "per_case": per_case,
+            "wall_s": dict(zip(("derive", "plan", "train_222", "predict"), seconds), total=time.perf_counter() - t0)}
+
+
 def main(argv: list[str] | None = None) -> int:
     from kits_plugins.demo.pipeline import CONFIG_NAME
     from kits_plugins.evaluation.comparison import compare_paired
@@ -98,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="render the phantoms on this grid (kits synth --label-spacing) instead of each label's own")
     p.add_argument("--oracle-rois", action="store_true",
                    help="also predict with the ground-truth masks as stage 221's (kits predict --coarse-masks)")
+    p.add_argument("--fine-variant", metavar="OPTIONS",
+                   help="also retrain stage 222 twice, on the demo's crops and with these extra kits derive-stages "
+                   "options (one quoted string), and compare the two on the phantoms")
     p.add_argument("--out", type=Path, required=True, help="JSON to write")
     args = p.parse_args(argv)
+    variant_options = shlex.split(args.fine_variant) if args.fine_variant is not None else None
+    if variant_options is not None and not variant_options:
+        raise SystemExit("demo_transfer: --fine-variant needs kits derive-stages options, e.g. '--extend-share 0.5'")
     config_file = args.demo.resolve() / CONFIG_NAME
     if not config_file.is_file():
         raise SystemExit(f"demo_transfer: {config_file}: not found (run `kits demo` first, or point --demo at its folder)")
@@ -150,6 +207,19 @@ def main(argv: list[str] | None = None) -> int:
             r = compare_paired({c: v[m] for c, v in oracle_case.items()}, {c: v[m] for c, v in per_case.items()})
             oracle["oracle_minus_cascade"][m] = {"n": r.n, "mean_diff": r.mean_diff, "ci95": list(r.ci95),
                                                  "p_wilcoxon": r.p_wilcoxon}
+    variant = None
+    if variant_options is not None:
+        variant = {}
+        for k, (name, extra) in enumerate((("control", []), ("variant", variant_options))):
+            print(f"[demo_transfer +{k + 1}] stage 222 retrained ({name}: derive options {extra or 'the demo own'}) ...",
+                  flush=True)
+            variant[name] = fine_variant_arm(name, args.demo.resolve(), w, config, extra, phantoms, kits, log)
+        variant["variant_minus_control"] = {}
+        for m in ("Dice_kidney", "Dice_masses"):
+            r = compare_paired({c: v[m] for c, v in variant["variant"]["per_case"].items()},
+                               {c: v[m] for c, v in variant["control"]["per_case"].items()})
+            variant["variant_minus_control"][m] = {"n": r.n, "mean_diff": r.mean_diff, "ci95": list(r.ci95),
+                                                   "p_wilcoxon": r.p_wilcoxon}
     result = {
         "command": shlex.join(["python", "benchmarks/demo_transfer.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -163,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if oracle is not None:
         result["oracle_rois"] = oracle
+    if variant is not None:
+        result["fine_variant"] = variant
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -175,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             s = oracle["summary"][m]
             print(f"oracle ROIs: {m:<12} mean {s['mean']:.3f}, {d['mean_diff']:+.3f} [{d['ci95'][0]:+.3f}, "
                   f"{d['ci95'][1]:+.3f}] over the cascade")
+    if variant is not None:
+        for m, d in variant["variant_minus_control"].items():
+            a, b = variant["control"]["summary"][m]["mean"], variant["variant"]["summary"][m]["mean"]
+            print(f"fine variant: {m:<12} control {a:.3f}, variant {b:.3f}, {d['mean_diff']:+.3f} "
+                  f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (Wilcoxon p {d['p_wilcoxon']:.3f})")
     print(f"wrote {args.out}")
     return 0
 
