@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if variant_options is not None:
         variant = {}
         for k, (name, extra) in enumerate((("control", []), ("variant", variant_options))):
-            print(f"[demo_transfer +{k + 1}] stage 222 retrained ({name}: derive options {extra or 'the demo own'}) ...",
+            options = shlex.join(extra) if extra else "the demo's own"
+            print(f"[demo_transfer +{k + 1}] stage 222 retrained ({name}: derive-stages options {options}) ...",
                   flush=True)
             variant[name] = fine_variant_arm(name, args.demo.resolve(), w, config, extra, phantoms, kits, log)
         variant["variant_minus_control"] = {}
