@@ -1,7 +1,8 @@
 """Do the demo's models hold on CT made from real KiTS23 label maps? (issue 17)
 
     python benchmarks/demo_transfer.py --labels ../shared/kits23/labels --demo kits_demo \
-        --out benchmarks/results/demo_transfer.json [--workdir demo_transfer_work] [--label-spacing Z Y X]
+        --out benchmarks/results/demo_transfer.json [--workdir demo_transfer_work] [--label-spacing Z Y X] \
+        [--oracle-rois] [--fine-variant "DERIVE-STAGES OPTIONS"]
 
 Phantoms are synthesized from every label map in ``--labels`` by the package's renderer (``kits synth
 --from-labels``, seed 0, on each label's own grid unless ``--label-spacing``); the models a finished ``kits demo``
