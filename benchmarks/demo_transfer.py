@@ -2,7 +2,7 @@
 
     python benchmarks/demo_transfer.py --labels ../shared/kits23/labels --demo kits_demo \
         --out benchmarks/results/demo_transfer.json [--workdir demo_transfer_work] [--label-spacing Z Y X] \
-        [--oracle-rois] [--fine-variant "DERIVE-STAGES OPTIONS"]
+        [--oracle-rois] [--fine-variant "DERIVE-STAGES OPTIONS"] [--procedural N]
 
 Phantoms are synthesized from every label map in ``--labels`` by the package's renderer (``kits synth
 --from-labels``, seed 0, on each label's own grid unless ``--label-spacing``); the models a finished ``kits demo``
@@ -20,6 +20,12 @@ twice, re-derives Dataset222 from the demo's ground truth with the demo's own ``
 and with ``OPTIONS`` added (variant, e.g. ``"--extend-share 0.5"``), plans and retrains 222 with the demo's plan and
 schedule in each copy (221 and 223 stay the demo's), predicts the same phantoms with both and reports the paired
 difference. Both arms are retrained, so each carries the same training noise.
+
+``--procedural N`` also predicts N procedural phantoms drawn as the demo's own training and test cases (its
+``synthetic`` settings: shape, spacing, KiTS23 extent) from a stream neither used (seed + 20000; the demo's training
+cases use its seed, its test cases seed + 10000), and reports real-label minus procedural (difference of means,
+two-sample bootstrap interval, Mann-Whitney): the transfer gap itself, measured against many more unseen cases of
+the demo's own world than the demo's few test cases.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 GOAL = {"Dice_kidney": 0.80, "Dice_masses": 0.45}
 MARKER = ".demo_transfer"
+#: ``--procedural``'s seed offset: the demo draws its training cases with ``seed``, its test cases with seed + 10000
+PROCEDURAL_SEED_OFFSET = 20_000
 
 
 def run(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
@@ -84,10 +92,30 @@ def label_masks(phantoms: Path, out: Path) -> Path:
     return out
 
 
+def _with_option(args: list[str], flag: str, value: str) -> list[str]:
+    """``args`` with the value after ``flag`` replaced by ``value``."""
+    i = args.index(flag)
+    return [*args[: i + 1], value, *args[i + 2 :]]
+
+
 def _with_output(args: list[str], out: Path) -> list[str]:
     """``kits predict`` arguments with ``-o`` pointing at ``out``."""
-    i = args.index("-o")
-    return [*args[: i + 1], str(out), *args[i + 2 :]]
+    return _with_option(args, "-o", str(out))
+
+
+def procedural_synth(config: dict, out: Path, n: int) -> list[str]:
+    """``kits synth`` of ``n`` procedural phantoms drawn as the demo's test cases (the workflow's own ``synth``
+    step) but from their own stream (seed + ``PROCEDURAL_SEED_OFFSET``), numbered after the demo's training and test
+    cases."""
+    from kits_plugins.workflow import steps
+
+    s = config.get("synthetic")
+    if not s:
+        raise SystemExit("demo_transfer: --procedural needs a demo on procedural phantoms (its config has no "
+                         "'synthetic' settings)")
+    argv = steps.synth({**config, "test_dir": str(out), "synthetic": {**s, "test_cases": n}}, test=True)
+    argv = _with_option(argv, "--seed", str(s["seed"] + PROCEDURAL_SEED_OFFSET))
+    return _with_option(argv, "--first-case", str(s["train_cases"] + s["test_cases"]))
 
 
 def fine_variant_commands(config: dict, extra: list[str], phantoms: Path, out: Path, processes: int
@@ -137,7 +165,7 @@ def fine_variant_arm(name: str, demo: Path, w: Path, config: dict, extra: list[s
 
 def main(argv: list[str] | None = None) -> int:
     from kits_plugins.demo.pipeline import CONFIG_NAME
-    from kits_plugins.evaluation.comparison import compare_paired
+    from kits_plugins.evaluation.comparison import compare_paired, compare_unpaired
     from kits_plugins.evaluation.metrics import METRIC_COLUMNS
     from kits_plugins.workflow import layout, steps
     from kits_plugins.workflow.config import load_yaml
@@ -153,9 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fine-variant", metavar="OPTIONS",
                    help="also retrain stage 222 twice, on the demo's crops and with these extra kits derive-stages "
                    "options (one quoted string), and compare the two on the phantoms")
+    p.add_argument("--procedural", type=int, default=0, metavar="N",
+                   help="also predict N unseen procedural phantoms drawn as the demo's own cases and report "
+                   "real-label minus procedural")
     p.add_argument("--out", type=Path, required=True, help="JSON to write")
     args = p.parse_args(argv)
     variant_options = shlex.split(args.fine_variant) if args.fine_variant is not None else None
+    if args.procedural < 0:
+        raise SystemExit(f"demo_transfer: --procedural {args.procedural}: must be 0 or more")
     if variant_options is not None and not variant_options:
         raise SystemExit("demo_transfer: --fine-variant needs kits derive-stages options, e.g. '--extend-share 0.5'")
     config_file = args.demo.resolve() / CONFIG_NAME
@@ -208,6 +241,25 @@ def main(argv: list[str] | None = None) -> int:
             r = compare_paired({c: v[m] for c, v in oracle_case.items()}, {c: v[m] for c, v in per_case.items()})
             oracle["oracle_minus_cascade"][m] = {"n": r.n, "mean_diff": r.mean_diff, "ci95": list(r.ci95),
                                                  "p_wilcoxon": r.p_wilcoxon}
+    procedural = None
+    if args.procedural:
+        print(f"[demo_transfer +] {args.procedural} procedural phantoms drawn as the demo's own (--procedural) ...",
+              flush=True)
+        t3 = time.perf_counter()
+        cases_dir = w / "procedural"
+        synth_argv = procedural_synth(config, cases_dir, args.procedural)
+        run(synth_argv, log)
+        procedural_out = w / "predictions_procedural"
+        run(_with_output(steps.predict({**config, "test_dir": str(cases_dir)}, "0"), procedural_out), log, env, cwd=w)
+        procedural_case = evaluate(kits, procedural_out, cases_dir, w / "evaluation_procedural.csv", log)
+        procedural = {"cases": len(procedural_case), "synth": shlex.join(synth_argv[2:]),
+                      "summary": summarize(procedural_case), "per_case": procedural_case,
+                      "wall_s": time.perf_counter() - t3, "real_minus_procedural": {}}
+        for m in ("Dice_kidney", "Dice_masses"):
+            u = compare_unpaired({c: v[m] for c, v in per_case.items()}, {c: v[m] for c, v in procedural_case.items()})
+            procedural["real_minus_procedural"][m] = {"n_real": u.n_a, "n_procedural": u.n_b,
+                                                      "mean_diff": u.mean_diff, "ci95": list(u.ci95),
+                                                      "p_mannwhitney": u.p_mannwhitney}
     variant = None
     if variant_options is not None:
         variant = {}
@@ -236,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if oracle is not None:
         result["oracle_rois"] = oracle
+    if procedural is not None:
+        result["procedural"] = procedural
     if variant is not None:
         result["fine_variant"] = variant
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
             s = oracle["summary"][m]
             print(f"oracle ROIs: {m:<12} mean {s['mean']:.3f}, {d['mean_diff']:+.3f} [{d['ci95'][0]:+.3f}, "
                   f"{d['ci95'][1]:+.3f}] over the cascade")
+    if procedural is not None:
+        for m, u in procedural["real_minus_procedural"].items():
+            s = procedural["summary"][m]
+            p = "n/a" if u["p_mannwhitney"] is None else f"{u['p_mannwhitney']:.3f}"
+            print(f"procedural ({procedural['cases']} cases): {m:<12} mean {s['mean']:.3f} (sd {s['sd']:.3f}), "
+                  f"worst {s['min']:.3f}; real-label minus procedural {u['mean_diff']:+.3f} [{u['ci95'][0]:+.3f}, "
+                  f"{u['ci95'][1]:+.3f}] (Mann-Whitney p {p})")
     if variant is not None:
         for m, d in variant["control_minus_demo"].items():
             print(f"fine variant: {m:<12} control minus the demo's own 222 (training noise) {d['mean_diff']:+.3f} "

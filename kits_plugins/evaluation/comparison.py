@@ -1,8 +1,11 @@
-"""Paired comparison of two systems' per-case metrics: mean difference, bootstrap confidence interval and Wilcoxon.
+"""Comparison of per-case metrics: paired (two systems on the same cases: mean difference, bootstrap confidence
+interval, Wilcoxon) and unpaired (one system on two sets of cases: difference of means, two-sample bootstrap,
+Mann-Whitney).
 
 Pure functions over ``{caseID: value}`` mappings (what ``kits evaluate`` gives per metric column), so a study or a
 user's own script compares any two prediction folders the same way. Only cases both systems have, with finite
-values on both sides, are paired; how many is returned with the result.
+values on both sides, are paired; how many is returned with the result. Unpaired comparisons use each side's finite
+values.
 """
 
 from __future__ import annotations
@@ -60,3 +63,35 @@ def compare_paired(a: Mapping[str, float], b: Mapping[str, float], samples: int 
     mean = float(d.mean()) if d.size else math.nan
     return PairedComparison(n=int(d.size), mean_diff=mean, ci95=bootstrap_ci95(d, samples, seed),
                             p_wilcoxon=wilcoxon_p(d))
+
+
+@dataclass(frozen=True)
+class UnpairedComparison:
+    """mean(``a``) minus mean(``b``) for two independent sets of cases: the difference, its 95% percentile-bootstrap
+    interval (each set resampled on its own) and the two-sided Mann-Whitney U p-value (None where a set is empty or
+    every value is equal)."""
+
+    n_a: int
+    n_b: int
+    mean_diff: float
+    ci95: tuple[float, float]
+    p_mannwhitney: float | None
+
+
+def compare_unpaired(a: Mapping[str, float], b: Mapping[str, float], samples: int = DEFAULT_BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> UnpairedComparison:
+    """Compare one metric on two different sets of cases (e.g. the same models on real-label and procedural
+    phantoms), where no case pairs with another."""
+    from scipy.stats import mannwhitneyu
+
+    va = np.array([v for v in a.values() if math.isfinite(v)], dtype=np.float64)
+    vb = np.array([v for v in b.values() if math.isfinite(v)], dtype=np.float64)
+    if va.size == 0 or vb.size == 0:
+        return UnpairedComparison(int(va.size), int(vb.size), math.nan, (math.nan, math.nan), None)
+    rng = np.random.default_rng(seed)
+    diffs = (va[rng.integers(0, va.size, size=(samples, va.size))].mean(axis=1)
+             - vb[rng.integers(0, vb.size, size=(samples, vb.size))].mean(axis=1))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    both = np.concatenate([va, vb])
+    p = None if np.all(both == both[0]) else float(mannwhitneyu(va, vb, alternative="two-sided").pvalue)
+    return UnpairedComparison(int(va.size), int(vb.size), float(va.mean() - vb.mean()), (float(lo), float(hi)), p)

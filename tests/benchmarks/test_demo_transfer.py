@@ -77,3 +77,40 @@ def test_fine_variant_arms_rederive_and_retrain_only_222_with_the_demos_own_sett
     assert predict[predict.index("-o") + 1] == str(out) and predict[predict.index("-i") + 1] == str(phantoms)
     with pytest.raises(SystemExit, match="ground-truth ROIs"):
         demo_transfer.fine_variant_commands({**config, "train_as_you_infer": True}, [], phantoms, out, 2)
+
+
+def test_procedural_cases_are_the_demos_test_draw_from_a_stream_it_never_used(tmp_path):
+    """``--procedural N``: the demo's own test-case synthesis (shape, spacing, extent) with seed + 20000 and case
+    numbers after the demo's training and test cases, so no case repeats one the demo trained or tested on."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import demo_transfer
+    import SimpleITK as sitk
+
+    from kits_plugins.demo.pipeline import DemoOptions, demo_config, demo_defaults
+    from kits_plugins.workflow import steps
+    from kits_plugins.workflow.config import check_config
+
+    config = check_config(demo_config(demo_defaults(), DemoOptions(workdir=tmp_path / "demo", train_cases=3,
+                                                                   test_cases=2, device="cpu", seed=7, iterations=15)))
+    config["synthetic"] = {**config["synthetic"], "shape": [24, 48, 48]}
+    argv = demo_transfer.procedural_synth(config, tmp_path / "proc", 2)
+    demo_test = steps.synth({**config, "synthetic": {**config["synthetic"], "test_cases": 2}}, test=True)
+    assert len(argv) == len(demo_test)
+    assert [(b, a) for a, b in zip(argv, demo_test) if a != b] == [  # (the demo's, ours)
+        (config["test_dir"], str(tmp_path / "proc")), ("10007", "20007"), ("3", "5")]
+    assert argv[argv.index("--seed") + 1] == "20007" and argv[argv.index("--first-case") + 1] == "5"
+    assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "proc").iterdir()) == ["case_00005", "case_00006"]
+    assert subprocess.run(_with_test_dir(demo_test, tmp_path / "own"), capture_output=True, timeout=300).returncode == 0
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "proc" / "case_00005" / "imaging.nii.gz")))
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "own" / "case_00003" / "imaging.nii.gz")))
+    # KiTS23 extents: each case draws its own scan length (the last array axis in KiTS23's file order)
+    assert ours.shape[:2] == theirs.shape[:2] == (48, 48)
+    assert ours.shape != theirs.shape or not (ours == theirs).all()
+    with pytest.raises(SystemExit, match="procedural"):
+        demo_transfer.procedural_synth({**config, "synthetic": None}, tmp_path / "x", 2)
+
+
+def _with_test_dir(argv: list[str], out: Path) -> list[str]:
+    i = argv.index("synth")
+    return [*argv[: i + 1], str(out), *argv[i + 2 :]]

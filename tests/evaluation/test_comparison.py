@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import wilcoxon
+from scipy.stats import mannwhitneyu, wilcoxon
 
-from kits_plugins.evaluation.comparison import bootstrap_ci95, compare_paired, paired_differences
+from kits_plugins.evaluation.comparison import bootstrap_ci95, compare_paired, compare_unpaired, paired_differences
 
 
 def test_pairs_only_shared_finite_cases_in_case_order():
@@ -46,3 +46,31 @@ def test_no_pairs():
     r = compare_paired({"a": 1.0}, {"b": 1.0})
     assert r.n == 0 and math.isnan(r.mean_diff) and all(math.isnan(v) for v in r.ci95) and r.p_wilcoxon is None
     assert all(math.isnan(v) for v in bootstrap_ci95(np.array([])))
+
+
+def test_compare_unpaired_against_scipy_and_numpy():
+    """Two different sets of cases (names never matched): difference of means, Mann-Whitney as scipy gives it, and
+    an interval about +-1.96 standard errors of a difference of two independent means wide."""
+    rng = np.random.default_rng(5)
+    a = {f"real_{i}": float(v) for i, v in enumerate(rng.normal(0.70, 0.10, 26))}
+    b = {f"case_{i:05d}": float(v) for i, v in enumerate(rng.normal(0.80, 0.10, 24))}
+    b["case_99999"] = math.nan  # dropped, like an unfinished metric
+    r = compare_unpaired(a, b, samples=4000, seed=1)
+    va, vb = np.array(list(a.values())), np.array([v for v in b.values() if math.isfinite(v)])
+    assert (r.n_a, r.n_b) == (26, 24)
+    assert r.mean_diff == pytest.approx(va.mean() - vb.mean())
+    assert r.p_mannwhitney == pytest.approx(mannwhitneyu(va, vb, alternative="two-sided").pvalue)
+    assert r.ci95[0] < r.mean_diff < r.ci95[1]
+    se = math.sqrt(va.var(ddof=1) / va.size + vb.var(ddof=1) / vb.size)
+    assert r.ci95[1] - r.ci95[0] == pytest.approx(2 * 1.96 * se, rel=0.25)
+    assert compare_unpaired(a, b, samples=4000, seed=1) == r  # seeded
+    shifted = compare_unpaired({c: v + 0.1 for c, v in a.items()}, b, samples=4000, seed=1)
+    assert shifted.mean_diff == pytest.approx(r.mean_diff + 0.1)
+    assert shifted.ci95 == pytest.approx((r.ci95[0] + 0.1, r.ci95[1] + 0.1))
+
+
+def test_compare_unpaired_degenerate_sets():
+    same = compare_unpaired({"a": 0.5, "b": 0.5}, {"c": 0.5})
+    assert same.mean_diff == 0.0 and same.ci95 == (0.0, 0.0) and same.p_mannwhitney is None
+    empty = compare_unpaired({"a": math.nan}, {"c": 0.5})
+    assert (empty.n_a, empty.n_b) == (0, 1) and math.isnan(empty.mean_diff) and empty.p_mannwhitney is None
