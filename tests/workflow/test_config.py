@@ -115,9 +115,10 @@ def test_shipped_configurations(tmp_path):
 def test_demo_yaml_keeps_the_demos_schedule_and_data():
     """The demo's settings (its accuracy and time are measured with these; 15 iterations per epoch since 25 took
     20 minutes of steps on the 2-core machine; the fine stage got more epochs when 14 of 15 iterations left it
-    at kidney Dice 0.82)."""
+    at kidney Dice 0.82; 16 test cases since 4 scored 0.10 above 24 unseen ones, benchmarks/demo_transfer.py
+    --procedural)."""
     d = load_yaml(shipped_config("demo.yaml"))
-    assert d["synthetic"] == {"train_cases": 12, "test_cases": 4, "seed": 0, "shape": [64, 128, 128],
+    assert d["synthetic"] == {"train_cases": 12, "test_cases": 16, "seed": 0, "shape": [64, 128, 128],
                               "spacing": [4.0, 3.0, 3.0], "kits23_extent": True}
     assert d["epochs"] == {"221": 24, "222": 18, "223": 36} and d["iterations"] == 15
     assert d["trainers"] == {"221": "nnUNetTrainerKiTSCoarse_demo", "222": "nnUNetTrainerKiTSFine_demo",
