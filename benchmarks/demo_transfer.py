@@ -307,10 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     if procedural is not None:
         for m, u in procedural["real_minus_procedural"].items():
             s = procedural["summary"][m]
-            p = "n/a" if u["p_mannwhitney"] is None else f"{u['p_mannwhitney']:.3f}"
+            p_text = "n/a" if u["p_mannwhitney"] is None else f"{u['p_mannwhitney']:.3f}"
             print(f"procedural ({procedural['cases']} cases): {m:<12} mean {s['mean']:.3f} (sd {s['sd']:.3f}), "
                   f"worst {s['min']:.3f}; real-label minus procedural {u['mean_diff']:+.3f} [{u['ci95'][0]:+.3f}, "
-                  f"{u['ci95'][1]:+.3f}] (Mann-Whitney p {p})")
+                  f"{u['ci95'][1]:+.3f}] (Mann-Whitney p {p_text})")
     if variant is not None:
         for m, d in variant["control_minus_demo"].items():
             print(f"fine variant: {m:<12} control minus the demo's own 222 (training noise) {d['mean_diff']:+.3f} "

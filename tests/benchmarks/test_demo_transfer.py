@@ -21,6 +21,15 @@ def test_refuses_a_folder_without_a_demo(tmp_path):
     assert not (tmp_path / "w").exists() and not (tmp_path / "out.json").exists()
 
 
+def test_refuses_a_negative_procedural_count(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--labels", str(tmp_path), "--demo", str(tmp_path),
+                          "--workdir", str(tmp_path / "w"), "--procedural", "-1", "--out", str(tmp_path / "o.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert run.stderr.strip().count("\n") == 0 and "--procedural -1" in run.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o.json").exists()
+
+
 def test_never_empties_a_folder_it_did_not_make(tmp_path):
     demo = tmp_path / "demo"
     demo.mkdir()
