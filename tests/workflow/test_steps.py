@@ -17,7 +17,7 @@ def test_the_demos_commands(tmp_path):
     shape = ["--shape", "64", "128", "128", "--spacing", "4.0", "3.0", "3.0", "--kits23-extent"]
     assert steps.synth(c, test=False) == KITS + ["synth", str(w / "kits_train"), "--overwrite", "--cases", "12",
                                                  "--seed", "0", *shape]
-    assert steps.synth(c, test=True) == KITS + ["synth", str(w / "kits_test"), "--overwrite", "--cases", "4",
+    assert steps.synth(c, test=True) == KITS + ["synth", str(w / "kits_test"), "--overwrite", "--cases", "16",
                                                 "--seed", "10000", "--first-case", "12", *shape]
     assert steps.convert(c) == KITS + ["convert", str(w / "kits_train"), "--overwrite"]
     assert steps.derive_ground_truth(c) == KITS + ["derive-stages", "--overwrite", "--margin-mm", "15", "--seed", "0"]
